@@ -1,0 +1,3 @@
+from cryovox.cli import entry
+
+entry()
