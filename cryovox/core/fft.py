@@ -49,7 +49,9 @@ def ifft3_c(x: Tensor) -> Tensor:
 def rfftn_c(x: Tensor, ndim: int = 3) -> Tensor:
     """Centred half transform of a real array: shape ``(..., D, ..., D // 2 + 1)``.
 
-    Equals ``fftn_c(x)[..., D // 2:]`` along the last axis for even and odd ``D``.
+    Column ``j`` holds frequency ``x = j``; it equals ``fftn_c(x)[..., D // 2 + j]`` for
+    ``j < (D + 1) // 2``; for even ``D`` the last column is the Nyquist ``x = D / 2``
+    (stored by the full centred transform at index 0 as ``x = -D / 2``).
     """
     d = _dims(ndim)
     y = torch.fft.rfftn(torch.fft.ifftshift(x, dim=d), dim=d)
@@ -79,3 +81,24 @@ def freq_grid(size: int, ndim: int, device=None, dtype=torch.float32) -> Tensor:
 def radius_grid(size: int, ndim: int, device=None, dtype=torch.float32) -> Tensor:
     """Distance (in voxels / cycles per box) of each sample from index ``D // 2``."""
     return freq_grid(size, ndim, device, dtype).norm(dim=-1)
+
+
+def phase_ramp_2d(shifts: Tensor, size: int, half: bool = False) -> Tensor:
+    """Phase factors that translate images by ``shifts`` pixels, ``(B, 2)`` as ``(x, y)``.
+
+    Multiplying a centred transform by the result translates the image by ``+shift``
+    (content at ``r`` moves to ``r + shift``): ``exp(-2πi k·s / D)``. With ``half`` the
+    result matches the :func:`rfftn_c` layout ``(B, D, D // 2 + 1)``, else ``(B, D, D)``.
+    """
+    ky = torch.arange(size, device=shifts.device, dtype=shifts.dtype) - size // 2
+    kx = torch.arange(size // 2 + 1, device=shifts.device, dtype=shifts.dtype) if half else ky
+    phase = -2 * torch.pi * (kx[None, None, :] * shifts[:, 0, None, None]
+                             + ky[None, :, None] * shifts[:, 1, None, None]) / size
+    return torch.polar(torch.ones_like(phase), phase)
+
+
+def shift_images(images: Tensor, shifts: Tensor) -> Tensor:
+    """Translate real images ``(B, D, D)`` by sub-pixel ``shifts`` ``(B, 2)`` (x, y) in pixels (periodic)."""
+    D = images.shape[-1]
+    f = rfftn_c(images, 2) * phase_ramp_2d(shifts.to(images.dtype), D, half=True)
+    return irfftn_c(f, D, 2)
