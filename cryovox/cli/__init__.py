@@ -13,7 +13,12 @@ import importlib
 import pkgutil
 import sys
 
-import click
+import typer
+
+try:  # typer >= 0.20 vendors click
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover
+    from click import ClickException
 
 from cryovox.cli._app import app
 from cryovox.errors import InputError
@@ -43,12 +48,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"cryovox: error: {err}", file=sys.stderr)
         return 2
-    except click.exceptions.Exit as err:
+    except typer.Exit as err:
         return err.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("cryovox: aborted", file=sys.stderr)
         return 130
-    except click.ClickException as err:
+    except ClickException as err:
         err.show()
         return err.exit_code
     except KeyboardInterrupt:
