@@ -480,11 +480,11 @@ def _optics_from_per_particle(per: dict[str, np.ndarray], names: Sequence[str] |
     n = len(per["apix"])
     cols = ["apix", "box", "voltage", "cs", "amplitude_contrast"]
     df = pd.DataFrame({c: per.get(c, np.full(n, np.nan)) for c in cols})
-    key = df.round({"apix": 6, "voltage": 4, "cs": 6, "amplitude_contrast": 6}).astype(str).agg("|".join, axis=1)
-    codes, uniques = pd.factorize(key, sort=False)
+    key = df.round({"apix": 6, "voltage": 4, "cs": 6, "amplitude_contrast": 6}).fillna(-1.0)  # NaN: "none"
+    codes = key.groupby(cols, sort=False).ngroup().to_numpy()  # numbered in order of first appearance
     first = pd.Series(np.arange(n)).groupby(codes).first().to_numpy()
     optics = df.iloc[first].reset_index(drop=True)
-    optics.insert(0, "group", np.arange(1, len(uniques) + 1, dtype=np.int64))
+    optics.insert(0, "group", np.arange(1, len(first) + 1, dtype=np.int64))
     optics.insert(1, "name", [f"opticsGroup{g}" for g in optics["group"]] if names is None else list(names))
     return codes.astype(np.int64) + 1, optics
 
@@ -573,6 +573,9 @@ def _read_star(path: Path, datadir: Path | None, apix: float | None, box: int | 
             p["optics_group"] = int(optics["group"].iloc[0])
         else:
             raise InputError(f"{path}: missing column rlnOpticsGroup (the file has {len(optics)} optics groups)")
+        missing = sorted(set(p["optics_group"]) - set(optics["group"]))
+        if missing:
+            raise InputError(f"{path}: particles refer to optics group(s) {missing} absent from data_optics")
         part_apix = optics.set_index("group")["apix"].reindex(p["optics_group"]).to_numpy()
     else:
         # RELION 3.0: per-particle optics
