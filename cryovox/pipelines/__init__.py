@@ -1,0 +1,1 @@
+"""Pipelines: the science behind each command (read inputs, call core, write outputs)."""
