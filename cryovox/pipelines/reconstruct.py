@@ -1,0 +1,315 @@
+"""Homogeneous reconstruction from known poses (``cryovox reconstruct``).
+
+Method (RELION's ``relion_reconstruct`` in outline):
+
+1. Particles are streamed in batches (memory bounded by the batch, never the whole stack).
+   Each image is Fourier transformed (:func:`~cryovox.core.fft.rfftn_c`), centred by its
+   known shift (translated by ``+shift``, docs/conventions.md), multiplied by its CTF
+   (RELION's formula; CTF = 1 when the particles have none) and inserted into a Fourier
+   volume padded twice (:func:`~cryovox.core.slicing.backproject`, padding factor 2,
+   trilinear), accumulating ``Σ CTF·X`` (data) and ``Σ CTF²`` (weight) separately for the two
+   half sets (``rlnRandomSubset`` when every particle has 1 or 2, else a random split by
+   ``--seed``).
+2. Regularisation from the data themselves (RELION's tau² scheme): half maps
+   ``data / (weight + ε)`` give an FSC; per shell ``SNR = FSC / (1 − FSC)`` is the ratio of
+   signal to noise power of a half map, so the Wiener constant of a shell is
+   ``⟨weight⟩_shell / SNR`` (σ²/τ² in RELION's notation, with ⟨weight⟩ the mean half-set weight
+   over the shell's voxels). Shells with FSC ≤ 0.001 are suppressed (SNR floored at 0.001).
+3. Half maps ``data_h / (weight_h + reg)`` and the final map ``(data_1 + data_2) /
+   (weight_1 + weight_2 + reg)`` (the Wiener reconstruction from all particles, which is what
+   averaging the half maps approximates), each inverse transformed, cropped to the box and
+   divided by the trilinear gridding correction (:func:`~cryovox.core.slicing.fourier_to_volume`).
+4. The gold-standard FSC between the two written half maps (unmasked), its 0.143 and 0.5
+   crossings (interpolated, :mod:`cryovox.core.fsc`), a CSV and a PNG plot.
+
+Outputs in OUTDIR: ``half1.mrc``, ``half2.mrc``, ``map.mrc`` (float32, the particles' pixel
+size), ``fsc.csv``, ``fsc.png``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cryovox.errors import InputError
+
+log = logging.getLogger("cryovox")
+
+PAD = 2
+SNR_FLOOR = 1e-3
+
+
+@dataclass
+class Reconstruction:
+    """Maps ``[z, y, x]`` float32, the gold-standard FSC (shells 0 … D//2) and its crossings."""
+
+    half1: np.ndarray
+    half2: np.ndarray
+    full: np.ndarray
+    apix: float
+    fsc: np.ndarray
+    resolution_0143: float
+    resolution_05: float
+    n_particles: int
+    n_half: tuple[int, int]
+    ctf: bool
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def box(self) -> int:
+        return int(self.full.shape[-1])
+
+    def summary(self) -> str:
+        where = f" → {self.files['map']}" if "map" in self.files else ""
+        return (f"reconstructed {self.n_particles} particles ({self.n_half[0]}/{self.n_half[1]} per half, "
+                f"box {self.box}, {self.apix:g} Å/px{'' if self.ctf else ', no CTF'}): gold-standard FSC "
+                f"0.143 at {self.resolution_0143:.2f} Å, 0.5 at {self.resolution_05:.2f} Å{where}")
+
+
+def _half_sets(table, seed: int) -> np.ndarray:
+    """(N,) 1/2: rlnRandomSubset when every particle has 1 or 2, else a random balanced split."""
+    subset = table.subset
+    if len(subset) and np.isin(subset, (1, 2)).all() and (subset == 1).any() and (subset == 2).any():
+        return subset.astype(np.int64)
+    rng = np.random.default_rng(seed)
+    halves = np.where(np.arange(len(subset)) % 2 == 0, 1, 2)
+    log.info("no rlnRandomSubset in the particles: random half sets (seed %d)", seed)
+    return halves[rng.permutation(len(subset))]
+
+
+def _check_table(table, path: Path) -> None:
+    if len(table) == 0:
+        raise InputError(f"{path}: no particles")
+    if not table.has_poses:
+        raise InputError(f"{path}: no poses (rlnAngleRot, rlnAngleTilt, rlnAnglePsi); reconstruct needs known "
+                         "poses (for a bare stack give --poses)")
+    boxes = np.unique(table.box)
+    if len(boxes) > 1:
+        raise InputError(f"{path}: particles have several box sizes ({', '.join(map(str, boxes))} px); "
+                         "run cryovox preprocess --downsample to bring them to one")
+    apix = table.apix
+    if np.ptp(apix) > 1e-3 * apix.max():
+        raise InputError(f"{path}: optics groups have different pixel sizes ({', '.join(f'{a:g}' for a in np.unique(apix))} Å); "
+                         "reconstruct needs one pixel size")
+    if not (apix > 0).all():
+        raise InputError(f"{path}: pixel size unknown; give --apix")
+
+
+def backproject_particles(table, halves: np.ndarray, *, batch_size: int = 256, device="cpu",
+                          use_ctf: bool = True, label: str = "backproject"):
+    """Stream the particles and accumulate per half set.
+
+    Returns ``(data, weight)``: complex ``(2, 2D, 2D, D+1)`` Σ CTF·X and real ``(2, 2D, 2D, D+1)``
+    Σ CTF² (padding 2, :mod:`cryovox.core.slicing` layout); index 0 is half set 1.
+    """
+    import torch
+
+    from cryovox.core.ctf import compute_ctf
+    from cryovox.core.fft import phase_ramp_2d, rfftn_c
+    from cryovox.core.rotations import euler_to_matrix
+    from cryovox.core.slicing import backproject
+    from cryovox.utils.progress import Progress
+
+    device = torch.device(device)
+    n = len(table)
+    D = int(table.box[0]) if table.box[0] > 0 else None
+    euler = table.euler
+    shifts_px = table.shifts_px
+    if shifts_px is None:
+        shifts_px = np.zeros((n, 2))
+    ctf = table.ctf if use_ctf else None
+    apix = float(table.apix[0])
+    data = weight = None
+    with Progress(label, n) as bar:
+        for start in range(0, n, batch_size):
+            rows = np.arange(start, min(n, start + batch_size))
+            imgs = torch.from_numpy(table.load_images(rows)).to(device)
+            if D is None:
+                D = imgs.shape[-1]
+            elif imgs.shape[-1] != D:
+                raise InputError(f"{table.image_file[rows[0]]}: images are {imgs.shape[-1]} px but the "
+                                 f"particle file says {D} px")
+            if data is None:
+                P = PAD * D
+                data = torch.zeros(2, P, P, P // 2 + 1, dtype=torch.complex64, device=device)
+                weight = torch.zeros(2, P, P, P // 2 + 1, dtype=torch.float32, device=device)
+            F = rfftn_c(imgs, 2)
+            F = F * phase_ramp_2d(torch.as_tensor(shifts_px[rows], dtype=torch.float32, device=device), D, half=True)
+            if ctf is not None:
+                c = compute_ctf(D, apix, **{k: torch.as_tensor(v[rows], device=device) for k, v in ctf.items()},
+                                half=True, dtype=torch.float32)
+                F = F * c
+                w = c * c
+            else:
+                w = torch.ones(F.shape, dtype=torch.float32, device=device)
+            e = euler[rows]
+            rot = euler_to_matrix(e[:, 0], e[:, 1], e[:, 2]).to(device=device, dtype=torch.float32)
+            hv = torch.as_tensor(halves[rows], device=device)
+            for h in (1, 2):
+                sel = hv == h
+                if bool(sel.any()):
+                    d, wt = backproject(F[sel], rot[sel], w[sel], pad=PAD)
+                    data[h - 1] += d
+                    weight[h - 1] += wt
+            bar.advance(len(rows))
+    return data, weight
+
+
+def _padded_shells(D: int, device) -> "torch.Tensor":
+    """Shell (in box-``D`` units, rounded) of each voxel of the padded half grid; > D//2 → D//2 + 1."""
+    import torch
+
+    from cryovox.core.filters import radial_frequency
+
+    r = radial_frequency(PAD * D, 3, half=True, device=device) / PAD
+    return torch.round(r).to(torch.long).clamp(max=D // 2 + 1)
+
+
+def _shell_mean(x, shells, nshell: int):
+    import torch
+
+    s = torch.zeros(nshell + 1, dtype=torch.float64, device=x.device).index_add_(
+        0, shells.reshape(-1), x.reshape(-1).to(torch.float64))
+    c = torch.bincount(shells.reshape(-1), minlength=nshell + 1).to(torch.float64)
+    return s / c.clamp(min=1)
+
+
+def wiener_maps(data, weight, *, snr_floor: float = SNR_FLOOR):
+    """Half maps, final map and gold-standard FSC from accumulated (data, weight) (see module docstring).
+
+    data: complex ``(2, 2D, 2D, D+1)``; weight: real, same shape. Returns
+    ``(half1, half2, full, fsc, reg)``: real ``(D, D, D)`` float64 tensors, the FSC between the
+    half maps ``(D//2+1,)`` and the Wiener constant per shell ``(D//2+2,)`` (last: beyond Nyquist).
+    """
+    import torch
+
+    from cryovox.core.fsc import fsc as fsc_curve
+    from cryovox.core.slicing import fourier_to_volume
+
+    D = data.shape[-3] // PAD
+    nshell = D // 2 + 1
+    shells = _padded_shells(D, data.device)
+    w_mean = 0.5 * (_shell_mean(weight[0], shells, nshell) + _shell_mean(weight[1], shells, nshell))
+    eps = (1e-3 * w_mean).clamp(min=1e-12)
+
+    def to_map(d, w, reg):
+        return fourier_to_volume(d.to(torch.complex128) / (w.to(torch.float64) + reg[shells]), pad=PAD)
+
+    h1 = to_map(data[0], weight[0], eps)
+    h2 = to_map(data[1], weight[1], eps)
+    f = fsc_curve(h1, h2).clamp(0.0, 0.999)
+    snr = (f / (1 - f)).clamp(min=snr_floor)
+    reg = torch.empty(nshell + 1, dtype=torch.float64, device=data.device)
+    reg[:nshell] = w_mean[:nshell] / snr
+    reg[nshell] = float("inf")                     # beyond Nyquist: nothing
+    half1 = to_map(data[0], weight[0], reg)
+    half2 = to_map(data[1], weight[1], reg)
+    full = to_map(data[0] + data[1], weight[0] + weight[1], reg)
+    return half1, half2, full, fsc_curve(half1, half2), reg
+
+
+def write_fsc_files(outdir: Path, curve: np.ndarray, apix: float, box: int, title: str) -> dict[str, Path]:
+    """``fsc.csv`` (shell, frequency 1/Å, resolution Å, FSC) and ``fsc.png``, atomically."""
+    import pandas as pd
+
+    from cryovox.utils.files import write_atomic
+
+    shells = np.arange(len(curve))
+    freq = shells / (box * apix)
+    with np.errstate(divide="ignore"):
+        res = np.where(shells > 0, box * apix / np.maximum(shells, 1), np.inf)
+    df = pd.DataFrame({"shell": shells, "frequency_inv_A": freq, "resolution_A": res, "fsc": curve})
+    csv = Path(outdir) / "fsc.csv"
+    png = Path(outdir) / "fsc.png"
+    write_atomic(csv, lambda p: df.to_csv(p, index=False, float_format="%.6g"))
+
+    def plot(p: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+        ax.plot(freq, curve, "-o", ms=2.5, lw=1.2, color="C0", label="half 1 vs half 2")
+        for t, style in ((0.5, ":"), (0.143, "--")):
+            ax.axhline(t, color="0.5", lw=0.8, ls=style)
+            ax.text(freq[-1], t + 0.01, f"{t:g}", ha="right", va="bottom", fontsize=8, color="0.4")
+        ax.set_xlim(0, freq[-1])
+        ax.set_ylim(min(-0.05, float(np.min(curve)) - 0.02), 1.02)
+        ax.set_xlabel("spatial frequency (1/Å)")
+        ax.set_ylabel("FSC")
+        ax.set_title(title, fontsize=9)
+        ticks = ax.get_xticks()
+        top = ax.secondary_xaxis("top", functions=(lambda x: x, lambda x: x))
+        top.set_xticks([t for t in ticks if 0 < t <= freq[-1]])
+        top.set_xticklabels([f"{1 / t:.1f}" for t in ticks if 0 < t <= freq[-1]])
+        top.set_xlabel("resolution (Å)")
+        fig.tight_layout()
+        fig.savefig(p, format="png")
+        plt.close(fig)
+
+    write_atomic(png, plot)
+    return {"fsc_csv": csv, "fsc_png": png}
+
+
+def reconstruct(particles: Path | str, outdir: Path | None = None, *, datadir: Path | None = None,
+                apix: float | None = None, max_particles: int | None = None, poses: Path | None = None,
+                ctf: Path | None = None, use_ctf: bool = True, batch_size: int = 256, seed: int = 0,
+                device="cpu") -> Reconstruction:
+    """Reconstruct a map from particles with known poses (see module docstring).
+
+    particles: ``.star`` / ``.cs`` / bare ``.mrcs`` (with ``poses``/``ctf`` cryoDRGN pickles);
+    datadir: where relative stack paths resolve; apix: override the pixel size (Å/px);
+    max_particles: use only the first N; use_ctf: False ignores the CTF of the particles.
+    With ``outdir`` the maps, FSC CSV and PNG are written there. InputError on bad input
+    (nothing is written then).
+    """
+    import torch
+
+    from cryovox.core.fsc import resolution_at
+    from cryovox.io.mrc import write_map
+    from cryovox.io.particles import read_particles
+
+    path = Path(particles)
+    table = read_particles(path, datadir=datadir, poses=poses, ctf=ctf, apix=apix)
+    if max_particles is not None:
+        if max_particles < 1:
+            raise InputError(f"--max-particles {max_particles}: must be at least 1")
+        table = table.take(np.arange(min(len(table), max_particles)))
+    _check_table(table, path)
+    table.check_images()
+    if len(table) < 2:
+        raise InputError(f"{path}: at least 2 particles are needed for two half sets")
+    has_ctf = use_ctf and table.has_ctf
+    if use_ctf and not table.has_ctf:
+        log.info("%s: no CTF parameters; reconstructing without CTF correction", path)
+    halves = _half_sets(table, seed)
+    n1, n2 = int((halves == 1).sum()), int((halves == 2).sum())
+    px = float(table.apix[0])
+    try:
+        data, weight = backproject_particles(table, halves, batch_size=batch_size, device=device, use_ctf=has_ctf)
+    finally:
+        table.close()
+    half1, half2, full, curve, _ = wiener_maps(data, weight)
+    D = full.shape[-1]
+    curve_np = curve.cpu().numpy()
+    rec = Reconstruction(
+        half1=half1.to(torch.float32).cpu().numpy(), half2=half2.to(torch.float32).cpu().numpy(),
+        full=full.to(torch.float32).cpu().numpy(), apix=px, fsc=curve_np,
+        resolution_0143=resolution_at(curve, 0.143, px, D), resolution_05=resolution_at(curve, 0.5, px, D),
+        n_particles=len(table), n_half=(n1, n2), ctf=has_ctf)
+    if outdir is not None:
+        outdir = Path(outdir)
+        files = {"half1": outdir / "half1.mrc", "half2": outdir / "half2.mrc", "map": outdir / "map.mrc"}
+        write_map(files["half1"], rec.half1, px)
+        write_map(files["half2"], rec.half2, px)
+        write_map(files["map"], rec.full, px)
+        title = (f"{path.name}: {rec.n_particles} particles; FSC 0.143 at {rec.resolution_0143:.2f} Å, "
+                 f"0.5 at {rec.resolution_05:.2f} Å")
+        files.update(write_fsc_files(outdir, curve_np, px, D, title))
+        rec.files = files
+    return rec
