@@ -295,9 +295,13 @@ class ParticleTable:
         e = self.euler
         if e is None:
             return None
-        from cryovox.core.rotations import euler_to_matrix
+        cached = self.__dict__.get("_rotations")
+        if cached is None or cached[0].shape != e.shape or not np.array_equal(cached[0], e):
+            from cryovox.core.rotations import euler_to_matrix
 
-        return euler_to_matrix(e[:, 0], e[:, 1], e[:, 2]).numpy()
+            cached = (e, euler_to_matrix(e[:, 0], e[:, 1], e[:, 2]).numpy())
+            self.__dict__["_rotations"] = cached  # computed once per table (tables are not edited in place)
+        return cached[1].copy()
 
     @property
     def shifts(self) -> np.ndarray | None:
@@ -383,19 +387,21 @@ class ParticleTable:
         files = self.image_file[rows]
         index = self.image_index[rows]
         out: np.ndarray | None = None
-        for f in pd.unique(files):
-            sel = np.flatnonzero(files == f)
+        codes, uniques = pd.factorize(files)
+        order = np.lexsort((index, codes))  # by stack, then by index within it (sequential reads)
+        bounds = np.searchsorted(codes[order], np.arange(len(uniques) + 1))
+        for k, f in enumerate(uniques):
+            sel = order[bounds[k]:bounds[k + 1]]
             st = self._stack(f)
             idx = index[sel]
-            if idx.max() >= len(st) or idx.min() < 0:
-                bad = int(idx.max() if idx.max() >= len(st) else idx.min())
+            if idx[-1] >= len(st) or idx[0] < 0:
+                bad = int(idx[-1] if idx[-1] >= len(st) else idx[0])
                 raise InputError(f"{f}: image {bad + 1} (1-based) is past the stack's end ({len(st)} images)")
             if out is None:
                 out = np.empty((len(rows), st.box, st.box), dtype=np.float32)
             elif st.box != out.shape[-1]:
                 raise InputError(f"{f}: images are {st.box} px but earlier ones are {out.shape[-1]} px")
-            order = np.argsort(idx, kind="stable")
-            out[sel[order]] = st[idx[order]]
+            out[sel] = st[idx]
         if out is None:
             box = int(self.box[0]) if len(self) else 0
             out = np.empty((0, box, box), dtype=np.float32)
@@ -403,11 +409,9 @@ class ParticleTable:
 
     def check_images(self) -> None:
         """Open every stack (headers only) and check that all indices fit: InputError otherwise."""
-        files = self.image_file
-        index = self.image_index
-        for f in pd.unique(files):
+        last = self.particles.groupby("image_file", sort=False)["image_index"].max()
+        for f, mx in last.items():
             st = self._stack(f)
-            mx = int(index[files == f].max())
             if mx >= len(st):
                 raise InputError(f"{f}: image {mx + 1} (1-based) is past the stack's end ({len(st)} images)")
 
@@ -689,7 +693,7 @@ def write_star(path: Path | str, table: ParticleTable, *, image_names: Sequence[
     optics = pd.DataFrame({
         "rlnOpticsGroup": o["group"].astype(np.int64),
         "rlnOpticsGroupName": o["name"].astype(str),
-        "rlnImagePixelSize": o["apix"].astype(np.float64),
+        "rlnImagePixelSize": np.round(o["apix"].to_numpy(dtype=np.float64), 9),
         "rlnImageSize": o["box"].astype(np.int64),
         "rlnImageDimensionality": np.full(len(o), 2, dtype=np.int64),
     })
@@ -708,8 +712,8 @@ def write_star(path: Path | str, table: ParticleTable, *, image_names: Sequence[
     parts = pd.DataFrame({"rlnImageName": np.asarray(image_names, dtype=object)})
     for key in ("rot", "tilt", "psi", "shift_x", "shift_y", "defocus_u", "defocus_v", "defocus_angle",
                 "phase_shift", "bfactor"):
-        if key in p.columns:
-            parts[_STAR_PARTICLE[key]] = p[key].to_numpy(dtype=np.float64)
+        if key in p.columns:  # 9 decimals: 1e-9 deg, 1e-9 Å; keeps the file readable
+            parts[_STAR_PARTICLE[key]] = np.round(p[key].to_numpy(dtype=np.float64), 9)
     if len(p) and np.isin(p["subset"].to_numpy(), (1, 2)).all():
         parts["rlnRandomSubset"] = p["subset"].to_numpy(dtype=np.int64)
     parts["rlnOpticsGroup"] = p["optics_group"].to_numpy(dtype=np.int64)

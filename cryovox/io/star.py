@@ -9,7 +9,6 @@ The particle-level logic (optics joins, image paths, units) lives in
 
 from __future__ import annotations
 
-import io
 import warnings
 from pathlib import Path
 
@@ -52,36 +51,46 @@ def read_star_blocks(path: Path | str) -> dict[str, pd.DataFrame]:
     return out
 
 
-def _format_frame(df: pd.DataFrame, float_format: str) -> str:
-    buf = io.StringIO()
-    frame = df.copy()
-    for c in frame.columns:
-        col = frame[c]
-        if pd.api.types.is_bool_dtype(col):
-            frame[c] = col.astype(int)
-        elif not pd.api.types.is_numeric_dtype(col):
-            # RELION splits on whitespace: an empty or blank value would shift every column
-            frame[c] = col.astype(str).replace({"": "None", "nan": "None", "<NA>": "None"})
-            frame[c] = frame[c].str.replace(r"\s+", "_", regex=True)
-    frame.to_csv(buf, sep=" ", header=False, index=False, float_format=float_format, na_rep="nan",
-                 quoting=3, lineterminator="\n")
-    return buf.getvalue()
+def _column_text(col: pd.Series) -> list[str]:
+    """One column as strings: floats in numpy's shortest round-trip form, ints as ints, and
+    text with whitespace replaced (RELION splits on whitespace; a blank value would shift columns)."""
+    if pd.api.types.is_bool_dtype(col) or pd.api.types.is_integer_dtype(col):
+        return list(map(str, col.to_numpy(dtype=np.int64).tolist()))
+    if pd.api.types.is_float_dtype(col):
+        return list(map(repr, col.to_numpy(dtype=np.float64).tolist()))  # shortest exact form
+    text = col.astype(str)
+    if text.str.contains(r"\s", regex=True).any():
+        text = text.str.replace(r"\s+", "_", regex=True)
+    blank = text.isin(["", "nan", "<NA>", "None"])
+    if blank.any():
+        text = text.where(~blank, "None")
+    return text.tolist()
 
 
-def star_text(blocks: dict[str, pd.DataFrame], *, float_format: str = "%.12g", version: int = 30001) -> str:
-    """Text of a STAR file with each DataFrame written as a ``loop_`` block ``data_<name>``."""
+def _format_frame(df: pd.DataFrame) -> str:
+    if len(df) == 0:
+        return ""
+    cols = [_column_text(df[c]) for c in df.columns]
+    return "\n".join(" ".join(row) for row in zip(*cols)) + "\n"
+
+
+def star_text(blocks: dict[str, pd.DataFrame], *, version: int = 30001) -> str:
+    """Text of a STAR file with each DataFrame written as a ``loop_`` block ``data_<name>``.
+
+    Floats are written in their shortest exact form (round callers' values if they want fewer digits).
+    """
     parts = []
     for name, df in blocks.items():
         parts.append(f"\n# version {version}\n\ndata_{name}\n\nloop_\n")
         parts.extend(f"_{c} #{i + 1}\n" for i, c in enumerate(df.columns))
-        parts.append(_format_frame(df, float_format))
+        parts.append(_format_frame(df))
         parts.append("\n")
     return "".join(parts)
 
 
-def write_star_blocks(path: Path | str, blocks: dict[str, pd.DataFrame], *, float_format: str = "%.12g") -> Path:
+def write_star_blocks(path: Path | str, blocks: dict[str, pd.DataFrame]) -> Path:
     """Write DataFrames as STAR loop blocks, atomically."""
-    text = star_text(blocks, float_format=float_format)
+    text = star_text(blocks)
     return write_atomic(Path(path), lambda p: Path(p).write_text(text))
 
 
