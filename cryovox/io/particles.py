@@ -118,13 +118,17 @@ class ParticleTable:
         o["box"] = o["box"].astype(np.int64)
         o["apix"] = o["apix"].astype(np.float64)
         if o["group"].duplicated().any():
-            raise InputError(f"{self.source}: optics group ids are not unique")
+            raise InputError(f"{self._name}: optics group ids are not unique")
         rows = pd.Index(o["group"]).get_indexer(p["optics_group"])
         if (rows < 0).any():
             missing = sorted(set(p["optics_group"][rows < 0].tolist()))
-            raise InputError(f"{self.source}: particles refer to optics group(s) {missing} absent from data_optics")
+            raise InputError(f"{self._name}: particles refer to optics group(s) {missing} absent from data_optics")
         self.particles, self.optics = p, o
         self._row = rows
+
+    @property
+    def _name(self) -> str:
+        return str(self.source) if self.source else "particle table"
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -437,18 +441,18 @@ class ParticleTable:
         """(rot (N,3,3) float64, trans (N,2) float64) in cryoDRGN's layout: rot = A, trans =
         origin_px / box (fraction of the box)."""
         if not self.has_poses:
-            raise InputError(f"{self.source}: no poses")
+            raise InputError(f"{self._name}: no poses")
         shifts = self.shifts if self.shifts is not None else np.zeros((len(self), 2))
         box = self.box.astype(np.float64)
         if (box <= 0).any():
-            raise InputError(f"{self.source}: box size unknown; pass it explicitly")
+            raise InputError(f"{self._name}: box size unknown; pass it explicitly")
         return self.rotations, shifts / self.apix[:, None] / box[:, None]
 
     def cryodrgn_ctf(self) -> np.ndarray:
         """(N, 9) float64 CTF array in cryoDRGN's layout (D, Apix, dfU, dfV, dfang, kV, Cs, w, phase)."""
         c = self.ctf
         if c is None:
-            raise InputError(f"{self.source}: no CTF parameters")
+            raise InputError(f"{self._name}: no CTF parameters")
         return np.stack([self.box.astype(np.float64), self.apix, c["defocus_u"], c["defocus_v"],
                          c["defocus_angle"], c["voltage"], c["cs"], c["amplitude_contrast"], c["phase_shift"]], 1)
 

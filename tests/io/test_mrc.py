@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import struct
 import time
 
@@ -217,11 +218,13 @@ def test_huge_stack_streams(tmp_path):
     with open(path, "wb") as f:
         f.write(raw)
         f.truncate(1024 + n * d * d * 4)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # peak resident set, KiB
     t0 = time.perf_counter()
     st = open_stack(path)
     last = st[n - 1]
     mid = st[np.array([10, 20000, 30000])]
     assert time.perf_counter() - t0 < 2.0
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0 < 256 * 1024  # nowhere near 8 GiB read
     assert len(st) == n and last.shape == (1, d, d) and mid.shape == (3, d, d)
     assert not last.any()
 
