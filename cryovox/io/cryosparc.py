@@ -56,11 +56,6 @@ def rotvec_to_relion_matrix(pose: np.ndarray) -> np.ndarray:
     return Rotation.from_rotvec(np.asarray(pose, dtype=np.float64)).as_matrix().transpose(0, 2, 1)
 
 
-def relion_matrix_to_rotvec(A: np.ndarray) -> np.ndarray:
-    """RELION matrices A (N, 3, 3) → cryoSPARC rotation vectors (N, 3)."""
-    return Rotation.from_matrix(np.asarray(A, dtype=np.float64).transpose(0, 2, 1)).as_rotvec()
-
-
 def cs_columns(path: Path, arr: np.ndarray) -> dict[str, np.ndarray]:
     """Per-particle canonical arrays from a .cs table (see module docstring).
 

@@ -29,7 +29,6 @@ import numpy as np
 from cryovox.errors import InputError
 from cryovox.utils.files import temp_name, write_atomic
 
-MAP_SUFFIXES = (".mrc", ".map", ".mrcs", ".map.gz", ".mrc.gz", ".mrcs.gz", ".st", ".ali")
 _HEADER_BYTES = 1024
 # MRC modes we read: int8, int16, float32, uint16, float16 (complex modes 3/4 are not images)
 _REAL_MODES = {0: np.int8, 1: np.int16, 2: np.float32, 6: np.uint16, 12: np.float16}
