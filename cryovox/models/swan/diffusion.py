@@ -124,6 +124,11 @@ class LatentDDPM(nn.Module):
         x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
         return F.mse_loss(self._eps(x_t, t, cond, keep).float(), noise.float())
 
+    def forward(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Training loss of normalised latents ``x0``, each conditioned on itself as the anchor
+        (:meth:`condition`); the method DDP calls."""
+        return self.loss(x0, self.condition(x0), generator)
+
     def guided_eps(self, x_t: Tensor, t: Tensor, cond: Tensor, guidance: float) -> Tensor:
         """``(1 + w) ε(x_t, c) − w ε(x_t, ∅)`` (one batched network call)."""
         b = x_t.shape[0]

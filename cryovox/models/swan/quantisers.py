@@ -207,7 +207,9 @@ class MultiScaleResidualQuantiser(nn.Module):
         self._reservoir = keep if self._reservoir is None else torch.cat([self._reservoir, keep])[-self.reservoir_size:]
 
     def reset_counts(self) -> None:
+        """Start a new counting period (an epoch): zero the counts and empty the reservoir."""
         self.counts.zero_()
+        self._reservoir = None
 
     def stats(self) -> CodebookStats:
         counts = self.counts.double()
