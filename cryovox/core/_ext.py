@@ -1,9 +1,11 @@
-"""Loader for the compiled slicing kernels (``cryovox._C``, optional ``cryovox._C_cuda``).
+"""Loader for the compiled slicing kernels (``cryovox._C``, built from ``csrc/`` by setup.py).
 
-The extension registers ``torch.ops.cryovox.*`` (see ``csrc/``). :func:`ops` returns that
-namespace when the kernels can serve a tensor's device, else ``None`` so that
-:mod:`cryovox.core.slicing` falls back to the pure-PyTorch reference; the fallback is
-announced with one warning per process and reason. ``CRYOVOX_NO_EXT=1`` forces the reference.
+The extension registers ``torch.ops.cryovox.{project, project_backward, backproject}`` with CPU
+kernels and, where built with CUDA, CUDA kernels. This module adds the autograd formula of
+``project`` (its backward is the ``project_backward`` op) and thin wrappers. :func:`ops` says
+whether the kernels serve a device; if not, :mod:`cryovox.core.slicing` falls back to the
+pure-PyTorch reference, announced with one warning per process and reason.
+``CRYOVOX_NO_EXT=1`` forces the reference.
 """
 
 from __future__ import annotations
@@ -39,12 +41,37 @@ def _load() -> dict:
     except (ImportError, OSError, RuntimeError) as exc:  # not built, or built against another torch
         _state["error"] = f"{type(exc).__name__}: {exc}"
     if _state["cpu"]:
-        try:
-            importlib.import_module("cryovox._C_cuda")
-            _state["cuda"] = True
-        except (ImportError, OSError, RuntimeError):
-            _state["cuda"] = False
+        _state["cuda"] = torch._C._dispatch_has_kernel_for_dispatch_key("cryovox::project", "CUDA")
+        torch.library.register_autograd("cryovox::project", _project_backward, setup_context=_project_setup)
     return _state
+
+
+def _project_setup(ctx, inputs, output) -> None:
+    basis, coeffs, bias, rot, radius, pad = inputs
+    ctx.save_for_backward(basis, coeffs, bias, rot)
+    ctx.radius, ctx.pad = radius, pad
+
+
+def _project_backward(ctx, grad):
+    basis, coeffs, bias, rot = ctx.saved_tensors
+    needs = [bool(n) for n in ctx.needs_input_grad[:4]]
+    g_basis, g_coeffs, g_bias, g_rot = torch.ops.cryovox.project_backward(
+        grad, basis, coeffs, bias, rot, ctx.radius, ctx.pad, needs)
+    return (g_basis if needs[0] else None, g_coeffs if needs[1] else None,
+            g_bias if needs[2] else None, g_rot if needs[3] else None, None, None)
+
+
+def project(basis, coeffs, bias, rot, radius: float, pad: int):
+    """``torch.ops.cryovox.project`` (arguments checked by :func:`cryovox.core.slicing.project`)."""
+    _load()
+    return torch.ops.cryovox.project(basis, coeffs, bias, rot, float(radius), int(pad))
+
+
+def backproject(images, rot, weights, radius: float, pad: int):
+    """``torch.ops.cryovox.backproject`` → ``(data, weight)`` (not differentiable)."""
+    _load()
+    data, weight = torch.ops.cryovox.backproject(images, rot, weights, float(radius), int(pad))
+    return data, weight
 
 
 def available(device: torch.device | str = "cpu") -> bool:
