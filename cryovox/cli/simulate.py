@@ -88,6 +88,8 @@ def simulate_particles_command(
     no_ctf: bool = typer.Option(False, "--no-ctf", help="Do not apply a CTF (and write no CTF columns)."),
     apix: Optional[float] = typer.Option(None, "--apix",
                                          help="Pixel size (Å) for maps whose header has none; must agree otherwise."),
+    pad: int = typer.Option(2, "--pad", help="Fourier padding of the projector (2 as RELION; 3–4 more accurate, "
+                                             "more memory)."),
     batch_size: int = typer.Option(500, "--batch-size", help="Images rendered and written per chunk."),
     seed: int = seed_option(),
     force: bool = force_option(),
@@ -106,9 +108,10 @@ def simulate_particles_command(
     w = _parse_weights(weights)
     config = dict(maps=list(maps), n=n, snr=snr, defocus=list(defocus), astigmatism=astigmatism, shift=shift,
                   weights=w, voltage=voltage, cs=cs, amplitude_contrast=amp, ctf=not no_ctf, apix=apix,
-                  batch_size=batch_size, seed=seed)
+                  batch_size=batch_size, pad=pad, seed=seed)
     with job(outdir, force=force, config=config, command="simulate particles") as run:
         result = simulate_particles(maps, run.dir, n=n, snr=snr, defocus=defocus, astigmatism=astigmatism,
                                     shift=shift, weights=w, ctf=not no_ctf, voltage=voltage, cs=cs,
-                                    amplitude_contrast=amp, apix=apix, seed=seed, batch_size=batch_size)
+                                    amplitude_contrast=amp, apix=apix, seed=seed, batch_size=batch_size,
+                                    pad=pad)
         run.report(result.summary())

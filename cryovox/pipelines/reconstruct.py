@@ -182,7 +182,7 @@ def wiener_maps(data, weight, *, snr_floor: float = SNR_FLOOR):
     """Half maps, final map and gold-standard FSC from accumulated (data, weight) (see module docstring).
 
     data: complex ``(2, 2D, 2D, D+1)``; weight: real, same shape. Returns
-    ``(half1, half2, full, fsc, reg)``: real ``(D, D, D)`` float64 tensors, the FSC between the
+    ``(half1, half2, full, fsc, reg)``: real ``(D, D, D)`` tensors (the dtype of ``weight``), the FSC between the
     half maps ``(D//2+1,)`` and the Wiener constant per shell ``(D//2+2,)`` (last: beyond Nyquist).
     """
     import torch
@@ -197,7 +197,7 @@ def wiener_maps(data, weight, *, snr_floor: float = SNR_FLOOR):
     eps = (1e-3 * w_mean).clamp(min=1e-12)
 
     def to_map(d, w, reg):
-        return fourier_to_volume(d.to(torch.complex128) / (w.to(torch.float64) + reg[shells]), pad=PAD)
+        return fourier_to_volume(d / (w + reg.to(w.dtype)[shells]), pad=PAD)
 
     h1 = to_map(data[0], weight[0], eps)
     h2 = to_map(data[1], weight[1], eps)
