@@ -52,7 +52,8 @@ def fsc(a: Tensor, b: Tensor, mask: Tensor | None = None, *, ndim: int = 3) -> T
     paa = shell_sum(A.real ** 2 + A.imag ** 2, ndim=ndim, half=True)
     pbb = shell_sum(B.real ** 2 + B.imag ** 2, ndim=ndim, half=True)
     den = torch.sqrt(paa * pbb)
-    return torch.where(den > 0, num / den.clamp_min(1e-300), torch.zeros_like(num))
+    # clamp: float32 transforms can give 1 + 1e-7 for identical shells
+    return torch.where(den > 0, num / den.clamp_min(1e-300), torch.zeros_like(num)).clamp(-1.0, 1.0)
 
 
 def phase_randomize(x: Tensor, from_shell: float, generator: torch.Generator | None = None, *,
