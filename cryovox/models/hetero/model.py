@@ -1,0 +1,173 @@
+"""The structural-basis VAE with sparse Fourier backpropagation (``kind = "sfbp"``).
+
+Encoder (:mod:`.encoder`) → ``z`` (reparameterised during training, ``mu`` otherwise) →
+coefficients ``s(z)`` → central slice of ``Σ_k s_k V_k + V_0`` at the particle's pose
+(:mod:`.decoder`) → times its CTF → spectrally weighted Gaussian likelihood against the
+particle's centred image transform, plus β·KL (:mod:`.loss`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from cryovox.models import HeteroModel, LossTerms
+from cryovox.models.hetero.decoder import BasisDecoder
+from cryovox.models.hetero.encoder import ENCODER_INPUTS, ImageEncoder, encoder_images
+from cryovox.core import slicing
+from cryovox.models.hetero.loss import gaussian_nll, kl_standard_normal, pixel_shells, shell_sums
+
+
+class SFBPModel(HeteroModel):
+    """Structural-basis VAE (Kimanius, Jamali & Scheres 2022).
+
+    box: image box ``D`` (px); apix: pixel size (Å/px, kept for writing maps); zdim: latent
+    dimension; n_basis: ``K``; enc_width/enc_layers: encoder MLP; dec_width/dec_blocks: the
+    residual MLP ``s(z)``; pad: volume oversampling of the basis (1 as in the paper); radius:
+    Fourier radius in image pixels used for training and decoding (default ``D / 2``);
+    encoder_input: ``"phase-flip"`` or ``"raw"`` (see :mod:`.encoder`).
+    """
+
+    kind = "sfbp"
+
+    def __init__(self, box: int, apix: float, zdim: int = 8, n_basis: int = 16, enc_width: int = 256,
+                 enc_layers: int = 3, dec_width: int = 64, dec_blocks: int = 2, pad: int = 1,
+                 radius: float | None = None, encoder_input: str = "phase-flip"):
+        super().__init__()
+        if zdim < 1:
+            raise ValueError("zdim must be >= 1")
+        if encoder_input not in ENCODER_INPUTS:
+            raise ValueError(f"encoder_input must be one of {ENCODER_INPUTS}")
+        self.box, self.apix, self.zdim = int(box), float(apix), int(zdim)
+        self.radius = float(box / 2 if radius is None else radius)
+        self._config = dict(box=int(box), apix=float(apix), zdim=int(zdim), n_basis=int(n_basis),
+                            enc_width=int(enc_width), enc_layers=int(enc_layers), dec_width=int(dec_width),
+                            dec_blocks=int(dec_blocks), pad=int(pad), radius=self.radius,
+                            encoder_input=str(encoder_input))
+        self.encoder_input = encoder_input
+        self.encoder = ImageEncoder(box, zdim, enc_width, enc_layers)
+        self.decoder = BasisDecoder(box, zdim, n_basis, dec_width, dec_blocks, pad, self.radius)
+        nshell = box // 2 + 1
+        self.register_buffer("image_scale", torch.ones(()))
+        self.register_buffer("noise_var", torch.ones(nshell))
+        self._cache: dict[tuple, Tensor] = {}
+
+    def config(self) -> dict[str, Any]:
+        return dict(self._config)
+
+    # -- statistics from the data ------------------------------------------------------------
+    def set_data_statistics(self, stats: dict[str, Tensor]) -> None:
+        """Set σ̄ (spectral normalisation), the initial noise spectrum and the encoder input scale.
+
+        stats: the sums of :func:`cryovox.models.hetero.loss.data_spectra` (over all processes).
+        """
+        count = stats["count"].clamp(min=1.0)
+        power = stats["power"] / count
+        ctf2 = stats["ctf2"] / count
+        tiny = torch.finfo(torch.float32).tiny
+        valid = (stats["count"] > 0) & (power > 0)
+        fill = power[valid].min() if bool(valid.any()) else torch.tensor(1.0, dtype=torch.float64)
+        power = torch.where(valid, power, fill)
+        sbar = torch.sqrt(power / ctf2.clamp(min=1e-6))
+        with torch.no_grad():
+            self.decoder.spectral_scale.copy_(sbar.to(self.decoder.spectral_scale.dtype))
+            self.noise_var.copy_(power.clamp(min=tiny).to(self.noise_var.dtype))
+            msq = stats["sumsq"] / stats["pixels"].clamp(min=1.0)
+            self.image_scale.fill_(float(torch.sqrt(msq).clamp(min=tiny)))
+        self._cache.clear()
+
+    def set_bias_from_map(self, volume: Tensor) -> None:
+        """Start ``V_0`` at a consensus map ``(D, D, D)`` (real space, image units per voxel, e.g. a
+        Wiener reconstruction from the same particles): its gridding-pre-corrected transform in
+        whitened units inside the sphere."""
+        from cryovox.core.slicing import volume_to_fourier
+
+        vol_ft = volume_to_fourier(volume.to(torch.float64), pad=self.decoder.pad, gridding=True)
+        scale = self.decoder.scale_3d().to(torch.float64)
+        v = torch.where(scale > 0, vol_ft / scale.clamp(min=1e-30), torch.zeros_like(vol_ft))
+        with torch.no_grad():
+            self.decoder.bias.copy_(torch.view_as_real(v.to(torch.complex64)))
+
+    def noise_from_residuals(self, batches) -> None:
+        """σ²_n(s) ← mean power per shell of ``Y − CTF · slice(V_0)`` over ``batches`` (RELION's
+        noise estimate from the residuals of a consensus model; call after :meth:`set_bias_from_map`)."""
+        nshell = self.box // 2 + 1
+        shells, w = pixel_shells(self.box, self.radius)
+        resid = torch.zeros(nshell, dtype=torch.float64)
+        count = torch.zeros(nshell, dtype=torch.float64)
+        scale = self.decoder.scale_2d().cpu()
+        bias = self.decoder.bias_c().detach().cpu()
+        with torch.no_grad():
+            for b in batches:
+                pred = slicing.project_volume(bias, b["rot"].cpu().to(torch.float32), radius=self.radius,
+                                              pad=self.decoder.pad) * scale * b["ctf"].cpu()
+                r = b["image"].cpu() - pred
+                resid += shell_sums(r.real ** 2 + r.imag ** 2, shells, w, nshell)
+                count += shell_sums(torch.ones(1, *r.shape[1:]), shells, w, nshell) * r.shape[0]
+            ok = (count > 0) & (resid > 0)
+            new = torch.where(ok, resid / count.clamp(min=1.0), self.noise_var.to(torch.float64).cpu())
+            self.noise_var.copy_(new.to(self.noise_var.dtype))
+        self._cache.clear()
+
+    def prepare(self, stats: dict[str, Tensor], consensus: Tensor | None = None, batches=None) -> None:
+        """Before training: spectra (:meth:`set_data_statistics`), then, with a consensus map,
+        ``V_0`` from it and the noise spectrum from the residuals of ``batches``."""
+        self.set_data_statistics(stats)
+        if consensus is not None:
+            self.set_bias_from_map(consensus)
+            if batches is not None:
+                self.noise_from_residuals(batches)
+
+    def _inv_var(self, device, dtype) -> tuple[Tensor, Tensor, Tensor]:
+        key = ("inv_var", str(device), dtype, self.noise_var._version)
+        if key not in self._cache:
+            self._cache = {k: v for k, v in self._cache.items() if k[0] != "inv_var"}
+            shells, w = pixel_shells(self.box, self.radius, device=device)
+            nv = self.noise_var.to(device=device, dtype=torch.float64)[shells.clamp(min=0)]
+            inv = torch.where(shells >= 0, w / nv, torch.zeros_like(w)).to(dtype)
+            self._cache[key] = (inv, shells, w.to(dtype))
+        return self._cache[key]
+
+    # -- the VAE -----------------------------------------------------------------------------------
+    def encode(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        x = encoder_images(batch["image"], batch["ctf"], self.box, self.encoder_input, self.image_scale)
+        return self.encoder(x)
+
+    def loss(self, batch: dict[str, Tensor], *, beta: float = 1.0,
+             generator: torch.Generator | None = None) -> LossTerms:
+        """One batch's objective (see :mod:`.loss`); ``z`` is sampled when training, ``mu`` otherwise.
+
+        generator: CPU generator for the reparameterisation noise (for exact resumption).
+        """
+        mu, logvar = self.encode(batch)
+        if self.training:
+            eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype).to(mu.device)
+            z = mu + eps * torch.exp(0.5 * logvar)
+        else:
+            z = mu
+        y, ctf = batch["image"], batch["ctf"]
+        pred = self.decoder.slices(z, batch["rot"]) * ctf
+        inv, shells, w = self._inv_var(y.device, y.real.dtype)
+        nll = gaussian_nll(pred, y, inv)
+        kl = kl_standard_normal(mu, logvar)
+        total = (nll + beta * kl).mean()
+        return LossTerms(total=total, nll=nll, kl=kl, mu=mu, logvar=logvar)
+
+    def forward(self, batch: dict[str, Tensor], beta: float = 1.0,
+                generator: torch.Generator | None = None) -> LossTerms:
+        return self.loss(batch, beta=beta, generator=generator)
+
+    def decode_fourier(self, z: Tensor) -> Tensor:
+        return self.decoder.fourier(z.to(self.decoder.basis.dtype))
+
+    def decode_volume(self, z: Tensor) -> Tensor:
+        return self.decoder.volume(z.to(self.decoder.basis.dtype))
+
+    def param_groups(self, lr: float, basis_lr: float | None = None) -> list[dict[str, Any]]:
+        """Networks at ``lr``; basis and bias volumes at ``basis_lr`` (default ``lr``)."""
+        vols = [self.decoder.basis, self.decoder.bias]
+        ids = {id(p) for p in vols}
+        nets = [p for p in self.parameters() if id(p) not in ids]
+        return [{"params": nets, "lr": lr}, {"params": vols, "lr": basis_lr if basis_lr is not None else lr}]
