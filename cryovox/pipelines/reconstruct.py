@@ -225,7 +225,7 @@ def write_fsc_files(outdir: Path, curve: np.ndarray, apix: float, box: int, titl
     df = pd.DataFrame({"shell": shells, "frequency_inv_A": freq, "resolution_A": res, "fsc": curve})
     csv = Path(outdir) / "fsc.csv"
     png = Path(outdir) / "fsc.png"
-    write_atomic(csv, lambda p: df.to_csv(p, index=False, float_format="%.6g"))
+    write_atomic(csv, lambda p: df.to_csv(p, index=False, float_format="%.8g"))
 
     def plot(p: Path) -> None:
         import matplotlib
