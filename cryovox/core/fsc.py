@@ -48,9 +48,9 @@ def fsc(a: Tensor, b: Tensor, mask: Tensor | None = None, *, ndim: int = 3) -> T
         b = b * mask
     A = rfftn_c(a, ndim)
     B = rfftn_c(b, ndim)
-    num = shell_sum((A * B.conj()).real, ndim=ndim, half=True)
-    paa = shell_sum(A.real ** 2 + A.imag ** 2, ndim=ndim, half=True)
-    pbb = shell_sum(B.real ** 2 + B.imag ** 2, ndim=ndim, half=True)
+    terms = torch.stack([A.real * B.real + A.imag * B.imag,          # Re(A B*)
+                         A.real ** 2 + A.imag ** 2, B.real ** 2 + B.imag ** 2])
+    num, paa, pbb = shell_sum(terms, ndim=ndim, half=True).unbind(0)
     den = torch.sqrt(paa * pbb)
     # clamp: float32 transforms can give 1 + 1e-7 for identical shells
     return torch.where(den > 0, num / den.clamp_min(1e-300), torch.zeros_like(num)).clamp(-1.0, 1.0)
@@ -61,7 +61,7 @@ def phase_randomize(x: Tensor, from_shell: float, generator: torch.Generator | N
     """Give every Fourier component at ``|k| ≥ from_shell`` a uniformly random phase.
 
     As RELION's ``randomizePhasesBeyond``: amplitudes are kept, the test is on the exact radius
-    (``kx² + ky² + kz² ≥ from_shell²``), one phase per stored half-transform sample; the inverse
+    (``kx² + ky² + kz² ≥ from_shell²``), one uniform draw per stored half-transform sample; the inverse
     transform returns real data (the ``kx = 0`` plane is made Hermitian by the real inverse).
     x: real ``(..., D, …)``; generator: a CPU ``torch.Generator`` (draws are made on the CPU so
     results do not depend on the device). Returns the same shape and dtype.
@@ -76,13 +76,11 @@ def phase_randomize(x: Tensor, from_shell: float, generator: torch.Generator | N
         shape = [1] * ndim
         shape[i] = ax.numel()
         r2 = r2 + ax.reshape(shape) ** 2
-    select = (r2 >= float(from_shell) ** 2).expand(F.shape)
-    n = int(select.sum())
-    phases = torch.rand(n, generator=generator, dtype=torch.float64) * (2 * torch.pi)
+    select = r2 >= float(from_shell) ** 2
+    # one draw per stored sample (in storage order), used where selected
+    phases = torch.rand(F.shape, generator=generator, dtype=torch.float64) * (2 * torch.pi)
     phases = phases.to(device=x.device, dtype=F.real.dtype)
-    mag = F.abs()[select]
-    F = F.clone()
-    F[select] = torch.polar(mag, phases)
+    F = torch.where(select, torch.polar(F.abs(), phases), F)
     return irfftn_c(F, D, ndim).to(x.dtype)
 
 
