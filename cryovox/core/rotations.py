@@ -48,10 +48,12 @@ def matrix_to_euler(R: Tensor) -> Tensor:
     sin_t = torch.sqrt(R[..., 2, 0] ** 2 + R[..., 2, 1] ** 2)
     tilt = torch.atan2(sin_t, cos_t)
     regular = sin_t > 1e-9
-    rot = torch.where(regular, torch.atan2(R[..., 2, 1], R[..., 2, 0]), torch.atan2(-R[..., 1, 0], R[..., 0, 0]))
+    # At the poles only psi + rot (tilt 0: R = Rz(psi + rot)) or psi - rot (tilt 180:
+    # R[0,0] = -cos(psi - rot), R[1,0] = sin(psi - rot)) is defined: put it all in rot, psi = 0.
+    pole_rot = torch.where(cos_t > 0, torch.atan2(-R[..., 1, 0], R[..., 0, 0]),
+                           torch.atan2(-R[..., 1, 0], -R[..., 0, 0]))
+    rot = torch.where(regular, torch.atan2(R[..., 2, 1], R[..., 2, 0]), pole_rot)
     psi = torch.where(regular, torch.atan2(R[..., 1, 2], -R[..., 0, 2]), torch.zeros_like(rot))
-    # at the poles R = Rz(psi ± rot): put it all in rot
-    rot = torch.where(regular, rot, torch.where(cos_t > 0, rot, -rot))
     return torch.stack([rot, tilt, psi], -1) * (180.0 / math.pi)
 
 

@@ -37,13 +37,8 @@ def test_euler_to_matrix_is_relions_and_scipys():
     assert euler_to_matrix(10.0, 20.0, 30.0).shape == (3, 3)
 
 
-TILT180_BUG = pytest.mark.xfail(strict=True, reason=(
-    "rotations.matrix_to_euler at tilt = 180°: R = Rz(psi - rot)·Ry(180°) so with psi = 0 the rot is "
-    "atan2(-R[1,0], -R[0,0]); the code negates atan2(-R[1,0], R[0,0]), which is off by 180°"))
-
-
-@pytest.mark.parametrize("special", [(40.0, 0.0, 0.0), pytest.param((40.0, 180.0, 0.0), marks=TILT180_BUG),
-                                     (-100.0, 0.0, 25.0), pytest.param((30.0, 180.0, 70.0), marks=TILT180_BUG)])
+@pytest.mark.parametrize("special", [(40.0, 0.0, 0.0), (40.0, 180.0, 0.0),
+                                     (-100.0, 0.0, 25.0), (30.0, 180.0, 70.0)])
 def test_matrix_to_euler_round_trip(special):
     R = euler_to_matrix(torch.tensor(ANGLES[:, 0]), torch.tensor(ANGLES[:, 1]), torch.tensor(ANGLES[:, 2]))
     ang = matrix_to_euler(R)
