@@ -10,6 +10,7 @@ import torch
 
 from cryovox.core.ctf import compute_ctf, ctf_1d, ctf_first_zero, electron_wavelength
 from cryovox.core.fft import fftn_c, ifftn_c, irfftn_c, rfftn_c
+from tests.conftest import SHARED, needs_shared_data
 
 
 def relion_bilinear_ctf(size, apix, du, dv, ang_deg, kv, cs_mm, q0, ps_deg, bfac, half):
@@ -130,3 +131,29 @@ def test_dc_value_and_bfactor_envelope():
     cb = compute_ctf(32, 2.0, 15000.0, 15000.0, 0.0, 300.0, 2.7, 0.1, 0.0, 100.0, dtype=torch.float64)
     s2 = (5 / 64) ** 2
     assert (cb[0, 16, 5] / c[0, 16, 5]).item() == pytest.approx(math.exp(-100 / 4 * s2), rel=1e-12)
+
+
+@needs_shared_data
+def test_cryodrgn_ctf_pickle_batch():
+    """Per-particle parameters from cryoDRGN's real CTF array (box 180, 2.95 Å/px, astigmatic):
+    ours = −cryoDRGN's compute_ctf, which differs from RELION only in the wavelength constants
+    (12.2639 and 0.97845e-6 instead of 12.2643247 and 0.978466e-6)."""
+    import pickle
+
+    with open(SHARED / "cryodrgn/ctf2.pkl", "rb") as f:
+        params = np.asarray(pickle.load(f), dtype=np.float64)[:6]
+    D, apix = int(params[0, 0]), float(params[0, 1])
+    assert D == 180 and apix == pytest.approx(2.95)
+    t = {name: torch.tensor(params[:, i]) for i, name in enumerate(["D", "apix", "du", "dv", "ang", "kv", "cs", "w", "ps"])}
+    ours = compute_ctf(D, apix, t["du"], t["dv"], t["ang"], t["kv"], t["cs"], t["w"], t["ps"], half=False).numpy()
+    assert ours.shape == (6, D, D) and ours.dtype == np.float64
+    k = np.arange(D) - D // 2
+    sx, sy = np.meshgrid(k / (D * apix), k / (D * apix))
+    for b, (_, _, du, dv, ang, kv, cs, w, ps) in enumerate(params):
+        v = kv * 1000
+        for lam, tol in [(12.2643247 / np.sqrt(v * (1 + v * 0.978466e-6)), 1e-9),    # RELION's constants
+                         (12.2639 / np.sqrt(v + 0.97845e-6 * v ** 2), 2e-2)]:          # cryoDRGN's own: Δλ/λ ≈ 3e-5
+            s2 = sx ** 2 + sy ** 2
+            df = 0.5 * (du + dv + (du - dv) * np.cos(2 * (np.arctan2(sy, sx) - np.radians(ang))))
+            g = 2 * np.pi * (-0.5 * df * lam * s2 + 0.25 * cs * 1e7 * lam ** 3 * s2 ** 2) - np.radians(ps)
+            np.testing.assert_allclose(ours[b], -(np.sqrt(1 - w ** 2) * np.sin(g) - w * np.cos(g)), atol=tol)
