@@ -160,7 +160,7 @@ class UNet3D(nn.Module):
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32)
         if t.ndim == 0:
             t = t.expand(B)
-        emb = self.time_mlp(timestep_embedding(t * self.time_scale, self.base))
+        emb = self.time_mlp(timestep_embedding(t * self.time_scale, self.base).to(x.dtype))
         if self.cond_mlp is not None and cond is not None:
             emb = emb + self.cond_mlp(cond.to(emb.dtype))
         elif cond is not None:

@@ -6,6 +6,15 @@ import torch
 from cryovox.models.unet3d import UNet3D, timestep_embedding
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: thread start-up costs more than the work (and is slow on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_timestep_embedding_matches_formula():
     t = torch.tensor([0.0, 3.0])
     e = timestep_embedding(t, 8)
@@ -36,7 +45,7 @@ def test_unet_condition_changes_output_after_training_step():
     target = torch.randn(2, 1, 8, 8, 8)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     losses = []
-    for _ in range(60):
+    for _ in range(30):
         loss = (net(x, torch.tensor([0.2, 0.8]), c) - target).pow(2).mean()
         opt.zero_grad()
         loss.backward()
