@@ -16,7 +16,7 @@ import starfile
 
 from tests.conftest import SHARED, needs_shared_data
 from tests.pipelines.test_simulate import (DEMO_MODEL, assert_one_line_error, blob_volume,  # noqa: F401
-                                           fresh_console_log, read_stack, write_mrc)
+                                           cli, read_stack, write_mrc)
 
 
 def numpy_fsc(a: np.ndarray, b: np.ndarray) -> np.ndarray:

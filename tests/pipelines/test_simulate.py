@@ -31,15 +31,25 @@ PENG = {
 MASS = {"C": 12.011, "O": 15.999}
 
 
-@pytest.fixture(autouse=True)
-def fresh_console_log():
-    """Drop cryovox's console log handler after each test: it keeps the stderr of the test that
-    created it, which pytest closes (cryovox.utils.job.setup_logging adds it once per process)."""
-    yield
+def drop_console_log() -> None:
+    """Remove cryovox's console log handler: it keeps the stderr stream of the moment it was made,
+    which pytest's capture closes between phases (cryovox.utils.job.setup_logging adds it once)."""
     log = logging.getLogger("cryovox")
     for h in list(log.handlers):
         if getattr(h, "_cryovox_console", False):
             log.removeHandler(h)
+
+
+@pytest.fixture
+def cli(cli):
+    """The conftest ``cli`` runner, with a fresh console log handler for every call."""
+
+    def run(*args):
+        drop_console_log()
+        return cli(*args)
+
+    yield run
+    drop_console_log()
 
 
 def assert_one_line_error(res) -> None:
