@@ -67,6 +67,21 @@ def prepare_outdir(outdir: Path, force: bool = False, resume: bool = False) -> b
     return not existed
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler that writes to whatever ``sys.stderr`` is now (not at creation)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(logfile: Path | None = None, verbose: bool = False) -> logging.Handler | None:
     """Console logging through rich on a terminal (plain otherwise) plus an optional file."""
     root = logging.getLogger("cryovox")
@@ -79,7 +94,7 @@ def setup_logging(logfile: Path | None = None, verbose: bool = False) -> logging
             console: logging.Handler = RichHandler(show_path=False, rich_tracebacks=False)
             console.setFormatter(logging.Formatter("%(message)s"))
         else:
-            console = logging.StreamHandler(sys.stderr)
+            console = _StderrHandler()
             console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
         console._cryovox_console = True  # type: ignore[attr-defined]
         root.addHandler(console)
@@ -116,7 +131,9 @@ def job(outdir: Path, *, force: bool = False, resume: bool = False,
             f.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} cryovox {__version__}\n{argv}\n")
         cfg = {"command": command, "cryovox_version": __version__, "options": _plain(run.config)}
         write_text_atomic(outdir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
-        log.info("cryovox %s %s → %s", __version__, command, outdir)
+        if handler is not None:  # the start line goes to run.log only, keeping error output to one line
+            handler.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, "cryovox %s %s → %s",
+                                          (__version__, command, outdir), None))
     t0 = time.monotonic()
     try:
         yield run
