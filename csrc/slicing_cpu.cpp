@@ -18,7 +18,6 @@
 // no lost updates, and every voxel sums its contributions in ascending (image, pixel) order,
 // so results are bitwise identical run to run and for any number of threads.
 
-#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <Python.h>
@@ -33,59 +32,24 @@
 #endif
 
 #include "slice_geometry.h"
+#include "slicing_host.h"
 
 namespace cryovox {
 namespace {
 
+using host::Geometry;
+using host::real_mut_ptr;
+using host::real_ptr;
+
 // Items (image, pixel) handled by one scatter pass; bounds the bucket memory (8 bytes each, x2).
 constexpr int64_t kScatterItems = int64_t(1) << 22;
 
+// Below this many (image, pixel) items a call runs on one thread: starting a parallel region
+// costs more than it saves, and on an oversubscribed machine it can cost far more.
+constexpr int64_t kParallelItems = int64_t(1) << 14;
+
 int num_threads() { return std::max(1, at::get_num_threads()); }
-
-std::vector<Pixel> image_pixels(int64_t size, double radius) {
-    std::vector<Pixel> px;
-    const int64_t half = size / 2 + 1;
-    const double r2 = radius * radius;
-    for (int64_t iy = 0; iy < size; ++iy) {
-        const int64_t ky = iy - size / 2;
-        for (int64_t kx = 0; kx < half; ++kx) {
-            if ((double)(kx * kx + ky * ky) <= r2) px.push_back({(int32_t)(iy * half + kx), (int32_t)kx, (int32_t)ky});
-        }
-    }
-    return px;
-}
-
-struct Geometry {
-    int64_t Dv, Dh, M, D, Dimg_half, B, K;
-    int pad;
-};
-
-Geometry make_geometry(int64_t Dv, int64_t pad, int64_t B, int64_t K) {
-    TORCH_CHECK(pad >= 1 && Dv % pad == 0, "cryovox: volume box ", Dv, " is not a multiple of pad ", pad);
-    Geometry g;
-    g.Dv = Dv;
-    g.Dh = Dv / 2 + 1;
-    g.M = Dv * Dv * g.Dh;
-    g.D = Dv / pad;
-    g.Dimg_half = g.D / 2 + 1;
-    g.B = B;
-    g.K = K;
-    g.pad = (int)pad;
-    return g;
-}
-
-void check_volume(const at::Tensor& t, int64_t Dv, const char* name, int64_t lead) {
-    TORCH_CHECK(t.is_complex(), "cryovox: ", name, " must be complex");
-    const int64_t nd = lead >= 0 ? 4 : 3;
-    TORCH_CHECK(t.dim() == nd && t.size(-3) == Dv && t.size(-2) == Dv && t.size(-1) == Dv / 2 + 1,
-                "cryovox: ", name, " has shape ", t.sizes(), ", expected (..., ", Dv, ", ", Dv, ", ", Dv / 2 + 1, ")");
-}
-
-// Basis (K, M) complex -> voxel-major (M, K) so that the K values of one voxel are contiguous.
-at::Tensor voxel_major(const at::Tensor& basis, int64_t K, int64_t M) {
-    auto flat = basis.reshape({K, M});
-    return K == 1 ? flat.contiguous() : flat.t().contiguous();
-}
+int num_threads(int64_t items) { return items < kParallelItems ? 1 : num_threads(); }
 
 // ---------------------------------------------------------------- forward
 template <typename T>
@@ -93,7 +57,7 @@ void project_kernel(const T* basis_t, const T* coeffs, const T* bias, const T* r
                     const Geometry& g, T* out) {
     const int64_t N = (int64_t)px.size(), total = g.B * N, K = g.K;
     const int64_t img = g.D * g.Dimg_half;
-#pragma omp parallel for schedule(static) num_threads(num_threads())
+#pragma omp parallel for schedule(static) num_threads(num_threads(total))
     for (int64_t it = 0; it < total; ++it) {
         const int64_t b = it / N;
         const Pixel& q = px[it - b * N];
@@ -136,7 +100,7 @@ void gather_grads_kernel(const T* grad, const T* basis_t, const T* coeffs, const
                          const std::vector<Pixel>& px, const Geometry& g, T* grad_coeffs, T* grad_rot) {
     const int64_t N = (int64_t)px.size(), K = g.K;
     const int64_t img = g.D * g.Dimg_half;
-#pragma omp parallel num_threads(num_threads())
+#pragma omp parallel num_threads(num_threads(g.B * N))
     {
         std::vector<T> acc(2 * std::max<int64_t>(K, 1));
         std::vector<T> gc(std::max<int64_t>(K, 1));
@@ -215,35 +179,35 @@ void scatter_kernel(const T* vals, const T* wts, const T* coeffs, const T* rot, 
     const int64_t N = (int64_t)px.size(), K = g.K, Dv = g.Dv;
     const int64_t img = g.D * g.Dimg_half;
     if (N == 0 || g.B == 0) return;
-    const int T_ = num_threads();
+    const int T_ = num_threads(g.B * N);
     const int64_t per_chunk = std::max<int64_t>(1, kScatterItems / N) * N;  // whole images per pass
     std::vector<int64_t> entries;
-    std::vector<int64_t> counts((size_t)T_ * Dv), start(Dv + 1);
+    std::vector<int64_t> counts((size_t)T_ * Dv), offs((size_t)T_ * Dv), start(Dv + 1);
+    std::vector<int32_t> zfirst;
+    std::vector<uint8_t> zvalid;
     for (int64_t first = 0; first < g.B * N; first += per_chunk) {
         const int64_t last = std::min(g.B * N, first + per_chunk), n_items = last - first;
         const int64_t span = (n_items + T_ - 1) / T_;
         std::fill(counts.begin(), counts.end(), 0);
-        auto z_of = [&](int64_t it, int32_t& z0) {
-            const int64_t b = it / N;
-            const Pixel& q = px[it - b * N];
-            SlicePoint<T> s;
-            slice_point<T>(rot + 9 * b, (T)q.kx, (T)q.ky, g.pad, (int)Dv, s);
-            z0 = s.i0[2];
-            return s.valid;
-        };
-        // pass 1: count contributions per (thread chunk, plane)
+        // pass 1: geometry of each item (first plane, which corners are inside), and counts per
+        // (thread chunk, plane)
+        zfirst.resize((size_t)n_items);
+        zvalid.resize((size_t)n_items);
 #pragma omp parallel for schedule(static, 1) num_threads(T_)
         for (int t = 0; t < T_; ++t) {
             int64_t* cnt = counts.data() + (size_t)t * Dv;
             for (int64_t it = first + t * span; it < std::min(last, first + (t + 1) * span); ++it) {
-                int32_t z0;
-                const uint32_t valid = z_of(it, z0);
-                if (valid & 0x0Fu) ++cnt[z0];
-                if (valid & 0xF0u) ++cnt[z0 + 1];
+                const int64_t b = it / N;
+                const Pixel& q = px[it - b * N];
+                SlicePoint<T> s;
+                slice_point<T>(rot + 9 * b, (T)q.kx, (T)q.ky, g.pad, (int)Dv, s);
+                zfirst[it - first] = s.i0[2];
+                zvalid[it - first] = (uint8_t)s.valid;
+                if (s.valid & 0x0Fu) ++cnt[s.i0[2]];
+                if (s.valid & 0xF0u) ++cnt[s.i0[2] + 1];
             }
         }
         // exclusive prefix over (plane, chunk): plane-major so each plane's entries are contiguous
-        std::vector<int64_t> offs((size_t)T_ * Dv);
         int64_t run = 0;
         for (int64_t z = 0; z < Dv; ++z) {
             start[z] = run;
@@ -259,8 +223,8 @@ void scatter_kernel(const T* vals, const T* wts, const T* coeffs, const T* rot, 
         for (int t = 0; t < T_; ++t) {
             int64_t* off = offs.data() + (size_t)t * Dv;
             for (int64_t it = first + t * span; it < std::min(last, first + (t + 1) * span); ++it) {
-                int32_t z0;
-                const uint32_t valid = z_of(it, z0);
+                const int32_t z0 = zfirst[it - first];
+                const uint8_t valid = zvalid[it - first];
                 if (valid & 0x0Fu) entries[off[z0]++] = it * 2;
                 if (valid & 0xF0u) entries[off[z0 + 1]++] = it * 2 + 1;
             }
@@ -303,120 +267,62 @@ void scatter_kernel(const T* vals, const T* wts, const T* coeffs, const T* rot, 
 }
 
 // ---------------------------------------------------------------- torch entry points
-template <typename T>
-const T* real_ptr(const at::Tensor& t) {
-    return t.defined() ? reinterpret_cast<const T*>(t.data_ptr()) : nullptr;
-}
-
-at::Tensor project_cpu(const c10::optional<at::Tensor>& basis_o, const c10::optional<at::Tensor>& coeffs_o,
-                       const c10::optional<at::Tensor>& bias_o, const at::Tensor& rot_in, double radius, int64_t pad) {
-    const bool has_basis = basis_o.has_value() && basis_o->defined();
-    const bool has_bias = bias_o.has_value() && bias_o->defined();
-    TORCH_CHECK(has_basis || has_bias, "cryovox::project needs a basis, a bias or both");
-    const at::Tensor& ref = has_basis ? *basis_o : *bias_o;
-    const int64_t Dv = ref.size(-3);
-    const int64_t B = rot_in.size(0);
-    TORCH_CHECK(rot_in.dim() == 3 && rot_in.size(1) == 3 && rot_in.size(2) == 3, "cryovox: rot must be (B, 3, 3)");
-    const int64_t K = has_basis ? basis_o->size(0) : 0;
-    if (has_basis) check_volume(*basis_o, Dv, "basis", K);
-    if (has_bias) check_volume(*bias_o, Dv, "bias", -1);
-    auto real_t = c10::toRealValueType(ref.scalar_type());
-    Geometry g = make_geometry(Dv, pad, B, K);
-    at::Tensor basis_t, coeffs, bias;
-    if (has_basis) {
-        TORCH_CHECK(coeffs_o.has_value() && coeffs_o->defined() && coeffs_o->dim() == 2 && coeffs_o->size(0) == B &&
-                        coeffs_o->size(1) == K,
-                    "cryovox: coeffs must be (B, K)");
-        basis_t = voxel_major(*basis_o, K, g.M);
-        coeffs = coeffs_o->to(real_t).contiguous();
-    }
-    if (has_bias) {
-        TORCH_CHECK(bias_o->scalar_type() == ref.scalar_type(), "cryovox: basis and bias dtypes differ");
-        bias = bias_o->contiguous();
-    }
-    auto rot = rot_in.to(real_t).contiguous();
-    auto px = image_pixels(g.D, radius);
-    auto out = at::zeros({B, g.D, g.Dimg_half}, ref.options());
-    AT_DISPATCH_FLOATING_TYPES(real_t, "cryovox_project", [&] {
-        project_kernel<scalar_t>(real_ptr<scalar_t>(basis_t), real_ptr<scalar_t>(coeffs), real_ptr<scalar_t>(bias),
-                                 real_ptr<scalar_t>(rot), px, g, reinterpret_cast<scalar_t*>(out.data_ptr()));
+at::Tensor project_cpu(const c10::optional<at::Tensor>& basis, const c10::optional<at::Tensor>& coeffs,
+                       const c10::optional<at::Tensor>& bias, const at::Tensor& rot, double radius, int64_t pad) {
+    auto in = host::prepare_project(basis, coeffs, bias, rot, radius, pad);
+    auto out = at::zeros({in.g.B, in.g.D, in.g.Dimg_half}, in.rot.options().dtype(in.complex_t));
+    AT_DISPATCH_FLOATING_TYPES(in.real_t, "cryovox_project", [&] {
+        project_kernel<scalar_t>(real_ptr<scalar_t>(in.basis_t), real_ptr<scalar_t>(in.coeffs),
+                                 real_ptr<scalar_t>(in.bias), real_ptr<scalar_t>(in.rot), in.px, in.g,
+                                 real_mut_ptr<scalar_t>(out));
     });
     return out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> project_backward_cpu(
-    const at::Tensor& grad_in, const c10::optional<at::Tensor>& basis_o, const c10::optional<at::Tensor>& coeffs_o,
-    const c10::optional<at::Tensor>& bias_o, const at::Tensor& rot_in, double radius, int64_t pad,
+    const at::Tensor& grad_in, const c10::optional<at::Tensor>& basis, const c10::optional<at::Tensor>& coeffs,
+    const c10::optional<at::Tensor>& bias, const at::Tensor& rot, double radius, int64_t pad,
     std::array<bool, 4> needs) {
-    const bool has_basis = basis_o.has_value() && basis_o->defined();
-    const bool has_bias = bias_o.has_value() && bias_o->defined();
-    TORCH_CHECK(has_basis || has_bias, "cryovox::project_backward needs a basis, a bias or both");
-    const at::Tensor& ref = has_basis ? *basis_o : *bias_o;
-    const int64_t Dv = ref.size(-3), B = rot_in.size(0), K = has_basis ? basis_o->size(0) : 0;
-    auto real_t = c10::toRealValueType(ref.scalar_type());
-    Geometry g = make_geometry(Dv, pad, B, K);
-    TORCH_CHECK(grad_in.dim() == 3 && grad_in.size(0) == B && grad_in.size(1) == g.D && grad_in.size(2) == g.Dimg_half,
+    auto in = host::prepare_project(basis, coeffs, bias, rot, radius, pad);
+    const Geometry& g = in.g;
+    TORCH_CHECK(grad_in.dim() == 3 && grad_in.size(0) == g.B && grad_in.size(1) == g.D && grad_in.size(2) == g.Dimg_half,
                 "cryovox: grad has shape ", grad_in.sizes());
-    auto grad = grad_in.to(ref.scalar_type()).contiguous();
-    auto rot = rot_in.to(real_t).contiguous();
-    at::Tensor basis_t, coeffs, bias;
-    if (has_basis) {
-        basis_t = voxel_major(*basis_o, K, g.M);
-        coeffs = coeffs_o->to(real_t).contiguous();
-    }
-    if (has_bias) bias = bias_o->contiguous();
-    const bool need_basis = needs[0] && has_basis, need_coeffs = needs[1] && has_basis;
-    const bool need_bias = needs[2] && has_bias, need_rot = needs[3];
-    auto px = image_pixels(g.D, radius);
+    auto grad = grad_in.to(in.complex_t).contiguous();
+    const bool need_basis = needs[0] && in.basis_t.defined(), need_coeffs = needs[1] && in.basis_t.defined();
+    const bool need_bias = needs[2] && in.bias.defined(), need_rot = needs[3];
+    auto copt = in.rot.options().dtype(in.complex_t);
     at::Tensor g_basis_t, g_coeffs, g_bias, g_rot;
-    auto empty = at::empty({0}, ref.options());
-    if (need_basis) g_basis_t = at::zeros({g.M, K}, ref.options());
-    if (need_bias) g_bias = at::zeros({Dv, Dv, g.Dh}, ref.options());
-    if (need_coeffs) g_coeffs = at::zeros({B, K}, rot.options());
-    if (need_rot) g_rot = at::zeros({B, 3, 3}, rot.options());
-    AT_DISPATCH_FLOATING_TYPES(real_t, "cryovox_project_backward", [&] {
+    if (need_basis) g_basis_t = at::zeros({g.M, g.K}, copt);
+    if (need_bias) g_bias = at::zeros({g.Dv, g.Dv, g.Dh}, copt);
+    if (need_coeffs) g_coeffs = at::zeros({g.B, g.K}, in.rot.options());
+    if (need_rot) g_rot = at::zeros({g.B, 3, 3}, in.rot.options());
+    AT_DISPATCH_FLOATING_TYPES(in.real_t, "cryovox_project_backward", [&] {
         using T = scalar_t;
-        const T* gp = reinterpret_cast<const T*>(grad.data_ptr());
         if (need_coeffs || need_rot)
-            gather_grads_kernel<T>(gp, real_ptr<T>(basis_t), real_ptr<T>(coeffs), real_ptr<T>(bias), real_ptr<T>(rot),
-                                   px, g, need_coeffs ? g_coeffs.data_ptr<T>() : nullptr,
-                                   need_rot ? g_rot.data_ptr<T>() : nullptr);
+            gather_grads_kernel<T>(real_ptr<T>(grad), real_ptr<T>(in.basis_t), real_ptr<T>(in.coeffs),
+                                   real_ptr<T>(in.bias), real_ptr<T>(in.rot), in.px, g, real_mut_ptr<T>(g_coeffs),
+                                   real_mut_ptr<T>(g_rot));
         if (need_basis || need_bias)
-            scatter_kernel<T>(gp, nullptr, need_basis ? real_ptr<T>(coeffs) : nullptr, real_ptr<T>(rot), px, g,
-                              need_basis ? reinterpret_cast<T*>(g_basis_t.data_ptr()) : nullptr,
-                              need_bias ? reinterpret_cast<T*>(g_bias.data_ptr()) : nullptr, nullptr);
+            scatter_kernel<T>(real_ptr<T>(grad), nullptr, need_basis ? real_ptr<T>(in.coeffs) : nullptr,
+                              real_ptr<T>(in.rot), in.px, g, real_mut_ptr<T>(g_basis_t), real_mut_ptr<T>(g_bias),
+                              nullptr);
     });
-    at::Tensor g_basis = empty;
-    if (need_basis) g_basis = (K == 1 ? g_basis_t : g_basis_t.t().contiguous()).reshape({K, Dv, Dv, g.Dh});
-    return {g_basis, need_coeffs ? g_coeffs : rot.new_empty({0}), need_bias ? g_bias : empty,
-            need_rot ? g_rot : rot.new_empty({0})};
+    auto none = [&](const at::TensorOptions& o) { return at::empty({0}, o); };
+    return {need_basis ? host::basis_layout(g_basis_t, g) : none(copt), need_coeffs ? g_coeffs : none(in.rot.options()),
+            need_bias ? g_bias : none(copt), need_rot ? g_rot : none(in.rot.options())};
 }
 
-std::tuple<at::Tensor, at::Tensor> backproject_cpu(const at::Tensor& images_in, const at::Tensor& rot_in,
-                                                   const c10::optional<at::Tensor>& weights_o, double radius,
+std::tuple<at::Tensor, at::Tensor> backproject_cpu(const at::Tensor& images, const at::Tensor& rot,
+                                                   const c10::optional<at::Tensor>& weights, double radius,
                                                    int64_t pad) {
-    TORCH_CHECK(images_in.is_complex() && images_in.dim() == 3 && images_in.size(2) == images_in.size(1) / 2 + 1,
-                "cryovox: images must be complex (B, D, D/2+1)");
-    const int64_t B = images_in.size(0), D = images_in.size(1);
-    TORCH_CHECK(rot_in.dim() == 3 && rot_in.size(0) == B && rot_in.size(1) == 3 && rot_in.size(2) == 3,
-                "cryovox: rot must be (B, 3, 3)");
-    auto real_t = c10::toRealValueType(images_in.scalar_type());
-    Geometry g = make_geometry(D * pad, pad, B, 1);
-    auto images = images_in.contiguous();
-    auto rot = rot_in.to(real_t).contiguous();
-    at::Tensor weights;
-    if (weights_o.has_value() && weights_o->defined()) {
-        TORCH_CHECK(weights_o->sizes() == images.sizes(), "cryovox: weights must match images");
-        weights = weights_o->to(real_t).contiguous();
-    }
-    auto px = image_pixels(D, radius);
-    auto data = at::zeros({g.Dv, g.Dv, g.Dh}, images.options());
-    auto weight = at::zeros({g.Dv, g.Dv, g.Dh}, rot.options());
-    AT_DISPATCH_FLOATING_TYPES(real_t, "cryovox_backproject", [&] {
+    auto in = host::prepare_backproject(images, rot, weights, radius, pad);
+    const Geometry& g = in.g;
+    auto data = at::zeros({g.Dv, g.Dv, g.Dh}, in.images.options());
+    auto weight = at::zeros({g.Dv, g.Dv, g.Dh}, in.rot.options());
+    AT_DISPATCH_FLOATING_TYPES(in.real_t, "cryovox_backproject", [&] {
         using T = scalar_t;
-        scatter_kernel<T>(reinterpret_cast<const T*>(images.data_ptr()), real_ptr<T>(weights), nullptr,
-                          real_ptr<T>(rot), px, g, nullptr, reinterpret_cast<T*>(data.data_ptr()),
-                          weight.data_ptr<T>());
+        scatter_kernel<T>(real_ptr<T>(in.images), real_ptr<T>(in.weights), nullptr, real_ptr<T>(in.rot), in.px, g,
+                          nullptr, real_mut_ptr<T>(data), real_mut_ptr<T>(weight));
     });
     return {data, weight};
 }

@@ -101,8 +101,8 @@ def test_gradcheck_through_kernel():
 
 @needs_ext
 def test_backward_deterministic_and_thread_count_independent():
-    basis, coeffs, bias, rot = make(24, 1, 4, 64, seed=8, dtype=torch.complex64)
-    go = torch.randn(64, 24, 13, dtype=torch.complex64, generator=torch.Generator().manual_seed(0))
+    basis, coeffs, bias, rot = make(24, 1, 4, 160, seed=8, dtype=torch.complex64)
+    go = torch.randn(160, 24, 13, dtype=torch.complex64, generator=torch.Generator().manual_seed(0))
     args = (go, basis, coeffs, bias, rot, 12.0, 1, [True, True, True, True])
     old = torch.get_num_threads()
     try:
