@@ -20,16 +20,16 @@ Method (RELION's ``relion_reconstruct`` in outline):
    averaging the half maps approximates), each inverse transformed, cropped to the box and
    divided by the trilinear gridding correction (:func:`~cryovox.core.slicing.fourier_to_volume`).
 4. The gold-standard FSC between the two written half maps (unmasked), its 0.143 and 0.5
-   crossings (interpolated, :mod:`cryovox.core.fsc`), a CSV and a PNG plot.
+   crossings (interpolated), written as ``cryovox fsc`` writes it (:mod:`cryovox.pipelines.fsc`).
 
 Outputs in OUTDIR: ``half1.mrc``, ``half2.mrc``, ``map.mrc`` (float32, the particles' pixel
-size), ``fsc.csv``, ``fsc.png``.
+size), ``fsc.csv`` (column ``fsc_unmasked``), ``fsc.star`` (relion_postprocess's ``data_fsc``)
+and ``fsc.png``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -182,8 +182,8 @@ def wiener_maps(data, weight, *, snr_floor: float = SNR_FLOOR):
     """Half maps, final map and gold-standard FSC from accumulated (data, weight) (see module docstring).
 
     data: complex ``(2, 2D, 2D, D+1)``; weight: real, same shape. Returns
-    ``(half1, half2, full, fsc, reg)``: real ``(D, D, D)`` tensors (the dtype of ``weight``), the FSC between the
-    half maps ``(D//2+1,)`` and the Wiener constant per shell ``(D//2+2,)`` (last: beyond Nyquist).
+    ``(half1, half2, full, reg)``: real ``(D, D, D)`` tensors (the dtype of ``weight``) and the
+    Wiener constant per shell ``(D//2+2,)`` (last: beyond Nyquist).
     """
     import torch
 
@@ -209,51 +209,7 @@ def wiener_maps(data, weight, *, snr_floor: float = SNR_FLOOR):
     half1 = to_map(data[0], weight[0], reg)
     half2 = to_map(data[1], weight[1], reg)
     full = to_map(data[0] + data[1], weight[0] + weight[1], reg)
-    return half1, half2, full, fsc_curve(half1, half2), reg
-
-
-def write_fsc_files(outdir: Path, curve: np.ndarray, apix: float, box: int, title: str) -> dict[str, Path]:
-    """``fsc.csv`` (shell, frequency 1/Å, resolution Å, FSC) and ``fsc.png``, atomically."""
-    import pandas as pd
-
-    from cryovox.utils.files import write_atomic
-
-    shells = np.arange(len(curve))
-    freq = shells / (box * apix)
-    with np.errstate(divide="ignore"):
-        res = np.where(shells > 0, box * apix / np.maximum(shells, 1), np.inf)
-    df = pd.DataFrame({"shell": shells, "frequency_inv_A": freq, "resolution_A": res, "fsc": curve})
-    csv = Path(outdir) / "fsc.csv"
-    png = Path(outdir) / "fsc.png"
-    write_atomic(csv, lambda p: df.to_csv(p, index=False, float_format="%.8g"))
-
-    def plot(p: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-        ax.plot(freq, curve, "-o", ms=2.5, lw=1.2, color="C0", label="half 1 vs half 2")
-        for t, style in ((0.5, ":"), (0.143, "--")):
-            ax.axhline(t, color="0.5", lw=0.8, ls=style)
-            ax.text(freq[-1], t + 0.01, f"{t:g}", ha="right", va="bottom", fontsize=8, color="0.4")
-        ax.set_xlim(0, freq[-1])
-        ax.set_ylim(min(-0.05, float(np.min(curve)) - 0.02), 1.02)
-        ax.set_xlabel("spatial frequency (1/Å)")
-        ax.set_ylabel("FSC")
-        ax.set_title(title, fontsize=9)
-        ticks = ax.get_xticks()
-        top = ax.secondary_xaxis("top", functions=(lambda x: x, lambda x: x))
-        top.set_xticks([t for t in ticks if 0 < t <= freq[-1]])
-        top.set_xticklabels([f"{1 / t:.1f}" for t in ticks if 0 < t <= freq[-1]])
-        top.set_xlabel("resolution (Å)")
-        fig.tight_layout()
-        fig.savefig(p, format="png")
-        plt.close(fig)
-
-    write_atomic(png, plot)
-    return {"fsc_csv": csv, "fsc_png": png}
+    return half1, half2, full, reg
 
 
 def reconstruct(particles: Path | str, outdir: Path | None = None, *, datadir: Path | None = None,
@@ -270,9 +226,9 @@ def reconstruct(particles: Path | str, outdir: Path | None = None, *, datadir: P
     """
     import torch
 
-    from cryovox.core.fsc import resolution_at
     from cryovox.io.mrc import write_map
     from cryovox.io.particles import read_particles
+    from cryovox.pipelines import fsc as fsc_pipeline
 
     path = Path(particles)
     table = read_particles(path, datadir=datadir, poses=poses, ctf=ctf, apix=apix)
@@ -294,13 +250,13 @@ def reconstruct(particles: Path | str, outdir: Path | None = None, *, datadir: P
         data, weight = backproject_particles(table, halves, batch_size=batch_size, device=device, use_ctf=has_ctf)
     finally:
         table.close()
-    half1, half2, full, curve, _ = wiener_maps(data, weight)
-    D = full.shape[-1]
-    curve_np = curve.cpu().numpy()
+    half1, half2, full, _ = wiener_maps(data, weight)
+    half1 = half1.to(torch.float32).cpu().numpy()
+    half2 = half2.to(torch.float32).cpu().numpy()
+    gold = fsc_pipeline.compute(half1, half2, px)                    # unmasked half-map FSC
     rec = Reconstruction(
-        half1=half1.to(torch.float32).cpu().numpy(), half2=half2.to(torch.float32).cpu().numpy(),
-        full=full.to(torch.float32).cpu().numpy(), apix=px, fsc=curve_np,
-        resolution_0143=resolution_at(curve, 0.143, px, D), resolution_05=resolution_at(curve, 0.5, px, D),
+        half1=half1, half2=half2, full=full.to(torch.float32).cpu().numpy(), apix=px, fsc=gold.final,
+        resolution_0143=gold.resolution_0143, resolution_05=gold.resolution_05,
         n_particles=len(table), n_half=(n1, n2), ctf=has_ctf)
     if outdir is not None:
         outdir = Path(outdir)
@@ -308,8 +264,8 @@ def reconstruct(particles: Path | str, outdir: Path | None = None, *, datadir: P
         write_map(files["half1"], rec.half1, px)
         write_map(files["half2"], rec.half2, px)
         write_map(files["map"], rec.full, px)
-        title = (f"{path.name}: {rec.n_particles} particles; FSC 0.143 at {rec.resolution_0143:.2f} Å, "
-                 f"0.5 at {rec.resolution_05:.2f} Å")
-        files.update(write_fsc_files(outdir, curve_np, px, D, title))
+        title = f"{path.name}: {rec.n_particles} particles, gold-standard FSC of the half maps"
+        fsc_files = fsc_pipeline.write_outputs(gold, outdir, title)
+        files.update({"fsc_csv": fsc_files["csv"], "fsc_star": fsc_files["star"], "fsc_png": fsc_files["png"]})
         rec.files = files
     return rec

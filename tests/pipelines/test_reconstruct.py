@@ -73,14 +73,16 @@ def test_simulated_particles_rebuilt_from_star_alone(cli, tmp_path):
     assert res_truth < 3 * apix, res_truth                               # measured ≈ 4.1 Å
     # the written FSC is the half maps' FSC (NumPy oracle) and the summary quotes its crossing
     csv = pd.read_csv(out / "fsc.csv")
-    np.testing.assert_allclose(csv["fsc"].to_numpy(), numpy_fsc(h1, h2), atol=1e-4)
+    np.testing.assert_allclose(csv["fsc_unmasked"].to_numpy(), numpy_fsc(h1, h2), atol=1e-4)
     np.testing.assert_allclose(csv["resolution_A"].to_numpy()[1:], box * apix / np.arange(1, box // 2 + 1), rtol=1e-6)
-    gold = crossing(csv["fsc"].to_numpy(), 0.143, box, apix)
+    gold = crossing(csv["fsc_unmasked"].to_numpy(), 0.143, box, apix)
     assert f"0.143 at {gold:.2f} Å" in res.err
     import matplotlib.image
 
     png = matplotlib.image.imread(out / "fsc.png")
     assert png.ndim == 3 and png.shape[0] > 100 and png.shape[1] > 100
+    relion = starfile.read(out / "fsc.star")
+    np.testing.assert_allclose(relion["rlnFourierShellCorrelationUnmaskedMaps"], csv["fsc_unmasked"], atol=1e-6)
 
 
 def test_shifts_are_exact_in_reconstruction(cli, tmp_path):
