@@ -349,7 +349,7 @@ def run(corpus: Path, outdir: Path, *, arch: str = "swan", epochs: int = 50, bat
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                sums += torch.tensor([float(rec), float(out.vq_loss), x.shape[0]], dtype=torch.float64) \
+                sums += torch.tensor([float(rec.detach()), float(out.vq_loss.detach()), x.shape[0]], dtype=torch.float64) \
                     * torch.tensor([x.shape[0], x.shape[0], 1], dtype=torch.float64)
                 bar.advance(1, loss=float(loss))
         sched.step()
