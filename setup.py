@@ -64,16 +64,20 @@ def _extension_kwargs() -> dict:
     class OptionalBuildExt(ce.BuildExtension):
         """Build the extension if possible; a failure is a warning, never a failed install."""
 
+        failed = False
+
         def run(self):
             try:
                 super().run()
-            except Exception:
-                _warn("building the compiled slicing kernels failed:\n" + traceback.format_exc(limit=3))
+            except Exception:  # e.g. the editable install copying a .so that was never built
+                if not OptionalBuildExt.failed:
+                    _warn("building the compiled slicing kernels failed:\n" + traceback.format_exc(limit=3))
 
         def build_extension(self, extension):
             try:
                 super().build_extension(extension)
             except Exception:
+                OptionalBuildExt.failed = True
                 _warn(f"building {extension.name} failed:\n" + traceback.format_exc(limit=3))
 
     return {"ext_modules": [ext], "cmdclass": {"build_ext": OptionalBuildExt}}
