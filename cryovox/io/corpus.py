@@ -24,12 +24,11 @@ import csv
 import hashlib
 import io
 import json
-import os
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -324,8 +323,7 @@ class Corpus:
         if self._metadata is None:
             import pandas as pd
 
-            self._metadata = pd.read_csv(self.path / "metadata.csv", keep_default_na=False,
-                                         na_values=[""], float_precision="round_trip")
+            self._metadata = pd.read_csv(self.path / "metadata.csv", keep_default_na=False, na_values=[""])
         return self._metadata
 
     def metadata_rows(self) -> list[dict[str, str]]:
