@@ -24,13 +24,20 @@ def train_hetero_command(
     lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate of the encoder and the coefficient MLP."),
     basis_lr: float = typer.Option(1e-2, "--basis-lr", help="Adam learning rate of the basis volumes (whitened "
                                                            "units, see the documentation)."),
-    beta: float = typer.Option(0.1, "--beta", help="Weight of the KL term (1 = the ELBO)."),
+    beta: float = typer.Option(1.0, "--beta", help="Weight of the KL term (1 = the ELBO)."),
     enc_width: int = typer.Option(256, "--enc-dim", help="Width of the encoder MLP."),
     enc_layers: int = typer.Option(3, "--enc-layers", help="Hidden layers of the encoder MLP."),
     dec_width: int = typer.Option(64, "--dec-dim", help="Width of the residual MLP s(z)."),
     dec_blocks: int = typer.Option(2, "--dec-layers", help="Residual blocks of s(z)."),
-    encoder_input: str = typer.Option("phase-flip", "--enc-input", help="Encoder input: phase-flip (image × "
+    enc_features: str = typer.Option("basis", "--enc-features", help="Encoder input: basis (per-particle "
+                                     "posterior of the basis coefficients of a linear model), image (the whitened, "
+                                     "low-passed image, as cryoDRGN) or both."),
+    encoder_input: str = typer.Option("phase-flip", "--enc-input", help="Image features: phase-flip (image × "
                                                                         "sign CTF) or raw."),
+    enc_radius: Optional[float] = typer.Option(None, "--enc-radius", help="Highest frequency (pixels) of the image "
+                                                                         "features (default box/4)."),
+    init: str = typer.Option("consensus", "--init", help="consensus: start V_0 (and the noise spectrum) from a "
+                                                         "Wiener reconstruction of the particles; none: from zero."),
     radius: Optional[float] = typer.Option(None, "--radius", help="Fourier radius in pixels used for training "
                                                                  "(default: Nyquist, box/2)."),
     datadir: Optional[Path] = typer.Option(None, "--datadir", help="Folder where relative stack paths resolve."),
@@ -57,13 +64,14 @@ def train_hetero_command(
     if zdim < 1:
         raise InputError(f"--zdim {zdim}: the latent dimension must be at least 1")
     model_options = dict(n_basis=n_basis, basis_lr=basis_lr, enc_width=enc_width, enc_layers=enc_layers,
-                         dec_width=dec_width, dec_blocks=dec_blocks, encoder_input=encoder_input, radius=radius)
+                         dec_width=dec_width, dec_blocks=dec_blocks, encoder_input=encoder_input, radius=radius,
+                         enc_features=enc_features, enc_radius=enc_radius)
     config = dict(particles=particles, zdim=zdim, epochs=epochs, model=model, batch_size=batch_size, lr=lr,
                   beta=beta, datadir=datadir, poses=poses, ctf=ctf, resume=resume, num_workers=num_workers,
-                  seed=seed, device=device, **model_options)
+                  seed=seed, device=device, init=init, **model_options)
     with job(outdir, force=force, resume=resume, config=config, command="train-hetero") as run:
         result = train_hetero(particles, run.dir, zdim=zdim, epochs=epochs, model=model,
                               model_options=model_options, batch_size=batch_size, lr=lr, beta=beta,
                               datadir=datadir, poses=poses, ctf=ctf, resume=resume, device=device, seed=seed,
-                              num_workers=num_workers, force=force)
+                              num_workers=num_workers, init=init, force=force)
         run.report(result.summary())

@@ -56,6 +56,7 @@ class TrainHeteroResult:
     zdim: int
     losses: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    model: Any = field(default=None, repr=False)  # the trained model (this process's copy)
 
     def summary(self) -> str:
         if not self.losses:
@@ -245,7 +246,7 @@ def train_hetero(particles: Path | str, outdir: Path, *, zdim: int = 8, epochs: 
                             generator=torch.Generator().manual_seed(seed),
                             persistent_workers=False)
         result = TrainHeteroResult(outdir=outdir, kind=model, epochs=epochs, first_epoch=start, n_particles=n,
-                                   box=dataset.box, apix=dataset.apix, zdim=zdim)
+                                   box=dataset.box, apix=dataset.apix, zdim=zdim, model=net)
         log.info("%s: %d particles, box %d, %.4g Å/px, %s; zdim %d, %d epochs, batch %d, %d process(es) on %s",
                  particles, n, dataset.box, dataset.apix, "CTF" if dataset.has_ctf else "no CTF", zdim, epochs,
                  batch_size, ctx.world_size, ctx.device)

@@ -1,15 +1,22 @@
 """Encoder of the structural-basis VAE: particle image → posterior ``(mu, logvar)`` of ``z``.
 
-The input is the particle's windowed real-space image, re-centred by its known shift (the
-dataset applies the shift as a phase ramp), optionally phase-flipped (multiplied by the sign
-of its CTF in Fourier space, so that particles from different defocus groups look alike), and
-divided by a global scale (the images' standard deviation, measured once before training).
-An MLP maps the ``D²`` pixels through ``layers`` hidden layers of ``width`` (ReLU) to
-``2 · zdim`` outputs: the posterior mean and log-variance (cryoDRGN's encoder design; the SFBP
-paper uses a residual MLP on the masked image transform — both are MLPs on the whole image).
+Input. The particle's windowed image, re-centred by its known shift (the dataset applies the
+shift as a phase ramp), is prepared in Fourier space as the SFBP paper does: phase-flipped
+(multiplied by the sign of its CTF, so that particles from different defocus groups look
+alike; ``encoder_input="raw"`` skips this), whitened (divided by ``σ_n(|k|)``, the noise
+amplitude per shell, so the noise is white with unit variance per Fourier sample) and
+restricted to frequencies ``|k| <= enc_radius``. The spectrum is then cropped to a box of
+``d = 2 · ceil(enc_radius)`` (at most ``D``) and transformed back: a ``d × d`` real image with
+unit-variance noise per pixel. Limiting the frequencies keeps the noise-only pixels of high
+resolution out of the encoder (the paper's ``encoder_mask_resolution``).
+
+Network: an MLP from the ``d²`` pixels through ``layers`` hidden layers of ``width`` (ReLU) to
+``2 · zdim`` outputs: the posterior mean and log-variance (cryoDRGN's encoder layout).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor, nn
@@ -19,14 +26,19 @@ from cryovox.core.fft import irfftn_c
 ENCODER_INPUTS = ("phase-flip", "raw")
 
 
-class ImageEncoder(nn.Module):
-    """MLP encoder on ``(B, D, D)`` real images → ``mu, logvar`` ``(B, zdim)``."""
+def encoder_box(box: int, enc_radius: float) -> int:
+    """Box ``d`` of the encoder's input image: ``2 · ceil(enc_radius)``, at most ``box``."""
+    return int(min(box, 2 * math.ceil(enc_radius)))
 
-    def __init__(self, box: int, zdim: int, width: int = 256, layers: int = 3):
+
+class ImageEncoder(nn.Module):
+    """MLP encoder on ``(B, n_in)`` features (flattened images …) → ``mu, logvar`` ``(B, zdim)``."""
+
+    def __init__(self, n_in: int, zdim: int, width: int = 256, layers: int = 3):
         super().__init__()
         if layers < 1:
             raise ValueError("the encoder needs at least one hidden layer")
-        dims = [box * box] + [width] * layers
+        dims = [n_in] + [width] * layers
         mods: list[nn.Module] = []
         for a, b in zip(dims[:-1], dims[1:]):
             mods += [nn.Linear(a, b), nn.ReLU()]
@@ -39,14 +51,23 @@ class ImageEncoder(nn.Module):
         return out[:, : self.zdim], out[:, self.zdim:]
 
 
-def encoder_images(fimages: Tensor, ctf: Tensor, box: int, mode: str, scale: float | Tensor) -> Tensor:
-    """Real-space encoder input ``(B, D, D)`` from centred half transforms ``(B, D, D//2+1)``.
+def crop_half_spectrum(f: Tensor, d: int) -> Tensor:
+    """Central ``(…, d, d//2+1)`` of centred half spectra ``(…, D, D//2+1)`` (``d <= D``, same parity rules
+    as :func:`cryovox.core.spectral.fourier_crop`: the origin ``D // 2`` maps to ``d // 2``)."""
+    D = f.shape[-2]
+    start = D // 2 - d // 2
+    return f[..., start:start + d, : d // 2 + 1]
 
-    mode: ``"phase-flip"`` multiplies by ``sign(CTF)`` first, ``"raw"`` does not;
-    the result is divided by ``scale``.
+
+def encoder_images(fimages: Tensor, ctf: Tensor, mode: str, filt: Tensor, in_box: int) -> Tensor:
+    """Encoder input ``(B, d, d)`` from centred half transforms ``(B, D, D//2+1)``.
+
+    mode: ``"phase-flip"`` multiplies by ``sign(CTF)`` first, ``"raw"`` does not; filt:
+    ``(D, D//2+1)`` real, ``1/σ_n`` inside ``enc_radius`` and 0 outside; in_box: ``d``.
     """
     if mode == "phase-flip":
         fimages = fimages * torch.sign(ctf).to(fimages.real.dtype)
     elif mode != "raw":
         raise ValueError(f"encoder input must be one of {ENCODER_INPUTS}, not {mode!r}")
-    return irfftn_c(fimages, box, 2) / scale
+    f = crop_half_spectrum(fimages * filt, in_box)
+    return irfftn_c(f, in_box, 2) * in_box

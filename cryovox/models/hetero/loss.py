@@ -53,17 +53,11 @@ def data_spectra(batches, box: int, radius: float) -> dict[str, Tensor]:
     """Shell sums of image power and CTF² over the particles in ``batches`` (one pass).
 
     batches: iterable of dataset batches (``image`` ``(B, D, D//2+1)`` complex centred transforms,
-    ``ctf`` ``(B, D, D//2+1)`` real). Returns float64 sums, so that processes can add them:
-    ``power`` ``Σ w|Y|²``, ``ctf2`` ``Σ w C²``, ``count`` ``Σ w`` per shell ``(D//2+1,)``, and
-    ``sumsq`` / ``pixels`` (scalars): ``Σ x²`` and the number of real-space pixels, for the
-    images' mean square.
+    ``ctf`` ``(B, D, D//2+1)`` real). Returns float64 sums per shell ``(D//2+1,)`` (sums, so that
+    processes can add them): ``power`` ``Σ w|Y|²``, ``ctf2`` ``Σ w C²`` and ``count`` ``Σ w``.
     """
-    from cryovox.core.fft import irfftn_c
-
     nshell = box // 2 + 1
     out = {k: torch.zeros(nshell, dtype=torch.float64) for k in ("power", "ctf2", "count")}
-    out["sumsq"] = torch.zeros((), dtype=torch.float64)
-    out["pixels"] = torch.zeros((), dtype=torch.float64)
     shells, w = pixel_shells(box, radius)
     ones = torch.ones(1, box, box // 2 + 1)
     for b in batches:
@@ -71,9 +65,6 @@ def data_spectra(batches, box: int, radius: float) -> dict[str, Tensor]:
         out["power"] += shell_sums(y.real ** 2 + y.imag ** 2, shells, w, nshell)
         out["ctf2"] += shell_sums(c * c, shells, w, nshell)
         out["count"] += shell_sums(ones, shells, w, nshell) * y.shape[0]
-        x = irfftn_c(y, box, 2)
-        out["sumsq"] += (x.to(torch.float64) ** 2).sum()
-        out["pixels"] += x.numel()
     return out
 
 

@@ -15,9 +15,12 @@ from torch import Tensor
 
 from cryovox.models import HeteroModel, LossTerms
 from cryovox.models.hetero.decoder import BasisDecoder
-from cryovox.models.hetero.encoder import ENCODER_INPUTS, ImageEncoder, encoder_images
+from cryovox.models.hetero.encoder import ENCODER_INPUTS, ImageEncoder, encoder_box, encoder_images
 from cryovox.core import slicing
 from cryovox.models.hetero.loss import gaussian_nll, kl_standard_normal, pixel_shells, shell_sums
+
+
+ENC_FEATURES = ("basis", "image", "both")
 
 
 class SFBPModel(HeteroModel):
@@ -27,30 +30,39 @@ class SFBPModel(HeteroModel):
     dimension; n_basis: ``K``; enc_width/enc_layers: encoder MLP; dec_width/dec_blocks: the
     residual MLP ``s(z)``; pad: volume oversampling of the basis (1 as in the paper); radius:
     Fourier radius in image pixels used for training and decoding (default ``D / 2``);
-    encoder_input: ``"phase-flip"`` or ``"raw"`` (see :mod:`.encoder`).
+    encoder_input: ``"phase-flip"`` or ``"raw"``; enc_radius: highest frequency (image pixels) shown to
+    the encoder, default ``D / 4`` (see :mod:`.encoder`).
     """
 
     kind = "sfbp"
 
     def __init__(self, box: int, apix: float, zdim: int = 8, n_basis: int = 16, enc_width: int = 256,
                  enc_layers: int = 3, dec_width: int = 64, dec_blocks: int = 2, pad: int = 1,
-                 radius: float | None = None, encoder_input: str = "phase-flip"):
+                 radius: float | None = None, encoder_input: str = "phase-flip", enc_radius: float | None = None,
+                 enc_features: str = "basis"):
         super().__init__()
         if zdim < 1:
             raise ValueError("zdim must be >= 1")
+        if enc_features not in ENC_FEATURES:
+            raise ValueError(f"enc_features must be one of {ENC_FEATURES}, not {enc_features!r}")
         if encoder_input not in ENCODER_INPUTS:
             raise ValueError(f"encoder_input must be one of {ENCODER_INPUTS}")
         self.box, self.apix, self.zdim = int(box), float(apix), int(zdim)
         self.radius = float(box / 2 if radius is None else radius)
+        self.enc_radius = float(min(self.radius, box / 4 if enc_radius is None else enc_radius))
+        self.enc_box = encoder_box(box, self.enc_radius)
         self._config = dict(box=int(box), apix=float(apix), zdim=int(zdim), n_basis=int(n_basis),
                             enc_width=int(enc_width), enc_layers=int(enc_layers), dec_width=int(dec_width),
                             dec_blocks=int(dec_blocks), pad=int(pad), radius=self.radius,
-                            encoder_input=str(encoder_input))
+                            encoder_input=str(encoder_input), enc_radius=self.enc_radius,
+                            enc_features=enc_features)
         self.encoder_input = encoder_input
-        self.encoder = ImageEncoder(box, zdim, enc_width, enc_layers)
+        self.enc_features = enc_features
+        n_in = (self.enc_box ** 2 if enc_features in ("image", "both") else 0) + \
+            (2 * n_basis if enc_features in ("basis", "both") else 0)
+        self.encoder = ImageEncoder(n_in, zdim, enc_width, enc_layers)
         self.decoder = BasisDecoder(box, zdim, n_basis, dec_width, dec_blocks, pad, self.radius)
         nshell = box // 2 + 1
-        self.register_buffer("image_scale", torch.ones(()))
         self.register_buffer("noise_var", torch.ones(nshell))
         self._cache: dict[tuple, Tensor] = {}
 
@@ -59,7 +71,7 @@ class SFBPModel(HeteroModel):
 
     # -- statistics from the data ------------------------------------------------------------
     def set_data_statistics(self, stats: dict[str, Tensor]) -> None:
-        """Set σ̄ (spectral normalisation), the initial noise spectrum and the encoder input scale.
+        """Set σ̄ (spectral normalisation) and the initial noise spectrum (the data power).
 
         stats: the sums of :func:`cryovox.models.hetero.loss.data_spectra` (over all processes).
         """
@@ -74,8 +86,6 @@ class SFBPModel(HeteroModel):
         with torch.no_grad():
             self.decoder.spectral_scale.copy_(sbar.to(self.decoder.spectral_scale.dtype))
             self.noise_var.copy_(power.clamp(min=tiny).to(self.noise_var.dtype))
-            msq = stats["sumsq"] / stats["pixels"].clamp(min=1.0)
-            self.image_scale.fill_(float(torch.sqrt(msq).clamp(min=tiny)))
         self._cache.clear()
 
     def set_bias_from_map(self, volume: Tensor) -> None:
@@ -131,9 +141,49 @@ class SFBPModel(HeteroModel):
         return self._cache[key]
 
     # -- the VAE -----------------------------------------------------------------------------------
+    def _encoder_filter(self, device, dtype) -> Tensor:
+        key = ("enc", str(device), dtype, self.noise_var._version)
+        if key not in self._cache:
+            self._cache = {k: v for k, v in self._cache.items() if k[0] != "enc"}
+            shells, _ = pixel_shells(self.box, self.enc_radius, device=device)
+            sd = torch.sqrt(self.noise_var.to(device=device, dtype=torch.float64))[shells.clamp(min=0)]
+            self._cache[key] = torch.where(shells >= 0, 1.0 / sd, torch.zeros_like(sd)).to(dtype)
+        return self._cache[key]
+
+    def basis_features(self, batch: dict[str, Tensor]) -> Tensor:
+        """Per particle, the posterior of the basis coefficients of a linear-Gaussian model, ``(B, 2K)``.
+
+        With ``A_k = CTF · σ̄ · P_R V_k`` and ``r = Y − CTF · σ̄ · P_R V_0``: ``g_k = ⟨A_k, r⟩``,
+        ``H_kl = ⟨A_k, A_l⟩`` (inner products weighted by ``w/σ²_n``); returns
+        ``[(H + I)⁻¹ g, log(1 + diag H)]`` (no gradient flows into the volumes).
+        """
+        with torch.no_grad():
+            y, rot = batch["image"], batch["rot"]
+            dec = self.decoder
+            cs = batch["ctf"] * dec.scale_2d().to(y.real.dtype)
+            inv, _, _ = self._inv_var(y.device, y.real.dtype)
+            r = y - cs * slicing.project_volume(dec.bias_c(), rot, radius=dec.radius, pad=dec.pad)
+            basis = dec.basis_c()
+            A = torch.stack([cs * slicing.project_volume(basis[k], rot, radius=dec.radius, pad=dec.pad)
+                             for k in range(basis.shape[0])], 1)                    # (B, K, D, H)
+            Aw = A.conj() * inv
+            g = (Aw * r[:, None]).real.sum((-2, -1))                                # (B, K)
+            H = torch.einsum("bkxy,blxy->bkl", Aw, A).real
+            H = 0.5 * (H + H.transpose(1, 2))
+            eye = torch.eye(H.shape[-1], dtype=H.dtype, device=H.device)
+            s_hat = torch.linalg.solve(H + eye, g[..., None])[..., 0]
+            return torch.cat([s_hat, torch.log1p(H.diagonal(dim1=1, dim2=2).clamp(min=0))], 1)
+
     def encode(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        x = encoder_images(batch["image"], batch["ctf"], self.box, self.encoder_input, self.image_scale)
-        return self.encoder(x)
+        y = batch["image"]
+        parts = []
+        if self.enc_features in ("image", "both"):
+            x = encoder_images(y, batch["ctf"], self.encoder_input, self._encoder_filter(y.device, y.real.dtype),
+                               self.enc_box)
+            parts.append(x.reshape(x.shape[0], -1))
+        if self.enc_features in ("basis", "both"):
+            parts.append(self.basis_features(batch))
+        return self.encoder(torch.cat(parts, 1))
 
     def loss(self, batch: dict[str, Tensor], *, beta: float = 1.0,
              generator: torch.Generator | None = None) -> LossTerms:
