@@ -18,7 +18,9 @@ Method (RELION's ``relion_reconstruct`` in outline):
 3. Half maps ``data_h / (weight_h + reg)`` and the final map ``(data_1 + data_2) /
    (weight_1 + weight_2 + reg)`` (the Wiener reconstruction from all particles, which is what
    averaging the half maps approximates), each inverse transformed, cropped to the box and
-   divided by the trilinear gridding correction (:func:`~cryovox.core.slicing.fourier_to_volume`).
+   divided by the trilinear gridding correction (:func:`~cryovox.core.slicing.fourier_to_volume`)
+   and, as RELION, blended into the background mean beyond the inscribed sphere
+   (:func:`soft_mask_outside`, 3-voxel cosine edge: the corners hold only amplified noise).
 4. The gold-standard FSC between the two written half maps (unmasked), its 0.143 and 0.5
    crossings (interpolated), written as ``cryovox fsc`` writes it (:mod:`cryovox.pipelines.fsc`).
 
@@ -178,6 +180,26 @@ def _shell_mean(x, shells, nshell: int):
     return s / c.clamp(min=1)
 
 
+def soft_mask_outside(vol, radius: float | None = None, width: float = 3.0):
+    """RELION's ``softMaskOutsideMap``: beyond ``radius`` (default ``D / 2``) blend to the background mean.
+
+    vol: real ``(D, D, D)``. Inside the sphere the map is untouched; over ``width`` voxels a
+    raised cosine blends it into the mean of the region outside (weighted by the cosine); the
+    cube's corners get that mean. Removes the noise that the gridding correction amplifies in
+    the corners (RELION does this after every reconstruction, "to prevent aliasing artefacts").
+    """
+    from cryovox.core.masks import spherical_mask
+
+    D = vol.shape[-1]
+    inside = spherical_mask(D, D / 2 if radius is None else radius, width, device=vol.device, dtype=vol.dtype)
+    outside = 1 - inside
+    total = outside.sum()
+    if float(total) == 0.0:
+        return vol
+    background = (vol * outside).sum() / total
+    return vol * inside + background * outside
+
+
 def wiener_maps(data, weight, *, snr_floor: float = SNR_FLOOR):
     """Half maps, final map and gold-standard FSC from accumulated (data, weight) (see module docstring).
 
@@ -197,7 +219,7 @@ def wiener_maps(data, weight, *, snr_floor: float = SNR_FLOOR):
     eps = (1e-3 * w_mean).clamp(min=1e-12)
 
     def to_map(d, w, reg):
-        return fourier_to_volume(d / (w + reg.to(w.dtype)[shells]), pad=PAD)
+        return soft_mask_outside(fourier_to_volume(d / (w + reg.to(w.dtype)[shells]), pad=PAD))
 
     h1 = to_map(data[0], weight[0], eps)
     h2 = to_map(data[1], weight[1], eps)

@@ -123,7 +123,7 @@ def test_cryodrgn_hand_data_with_pose_pickle(cli, tmp_path):
     rec, rec_apix = read_mrc(out / "map.mrc")
     ref, _ = read_mrc(d / "hand-vol.mrc")
     corr = np.corrcoef(rec.ravel(), ref.ravel())[0, 1]
-    assert corr > 0.98, corr                                           # measured 0.9946
+    assert corr > 0.98, corr                                           # measured 0.9953 (cryoDRGN backproject_voxel: 0.9903)
     assert rec_apix == pytest.approx(1.0)                              # the stack's pixel size
     out2 = tmp_path / "hand_apix"
     assert cli("reconstruct", d / "hand.mrcs", "--poses", d / "hand_rot.pkl", "--apix", 6.0,
