@@ -164,29 +164,29 @@ def assemble_map(mono: Monomer, poses: list[tuple[np.ndarray, np.ndarray]], reso
     with a global B-factor ``exp(-B s²/4)`` (Å²) and a low-pass at ``resolution`` Å."""
     import torch
 
-    from cryovox.core.filters import apply_radial_filter, lowpass, radial_frequency
+    from cryovox.core.filters import apply_radial_filter, lowpass_weights, radial_frequency
     from cryovox.core.transform import affine_resample, spline_prefilter
 
     apix = mono.apix
     reach = max(np.abs(t).max() for _, t in poses) + mono.r_max + 6 * apix
     N = 2 * int(math.ceil(reach / apix)) + 2
-    big = torch.zeros((N, N, N), dtype=torch.float64)
-    m = torch.from_numpy(mono.data.astype(np.float64))
+    big = torch.zeros((N, N, N), dtype=torch.float32)
+    m = torch.from_numpy(mono.data.astype(np.float32))
     M = m.shape[-1]
     coef = spline_prefilter(m)
     for Q, t in poses:
         tv = t / apix
         ti = np.round(tv).astype(int)
-        f = torch.from_numpy(tv - ti)                   # sub-voxel part, (x, y, z)
-        Qt = torch.from_numpy(Q.T.copy())
+        f = torch.from_numpy(tv - ti).float()           # sub-voxel part, (x, y, z)
+        Qt = torch.from_numpy(Q.T.copy()).float()
         piece = affine_resample(m, Qt, shift=-(Qt @ f), order=3, prefiltered=coef)
         start = [N // 2 + int(ti[2]) - M // 2, N // 2 + int(ti[1]) - M // 2, N // 2 + int(ti[0]) - M // 2]
         big[start[0]:start[0] + M, start[1]:start[1] + M, start[2]:start[2] + M] += piece
-    if bfactor:
-        s2 = (radial_frequency(N, 3) / (N * apix)) ** 2
-        big = apply_radial_filter(big, torch.exp(-bfactor * s2 / 4), 3)
-    if resolution:
-        big = lowpass(big, apix, resolution, ndim=3)
+    if bfactor or resolution:  # one Fourier filter: B-factor × low-pass
+        w = torch.exp(-bfactor * (radial_frequency(N, 3) / (N * apix)) ** 2 / 4)
+        if resolution:
+            w = w * lowpass_weights(N, 3, N * apix / resolution)
+        big = apply_radial_filter(big, w, 3)
     return big.to(torch.float32).numpy()
 
 

@@ -152,6 +152,20 @@ def _exact_ratio_size(n: int, apix_in: float, apix_out: float, max_growth: float
     return best
 
 
+def _support_reach(binary: np.ndarray) -> int | None:
+    """Largest distance (voxels, per axis) of a True voxel from the centre ``D // 2``; None if none."""
+    D = binary.shape[-1]
+    reach = None
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        idx = np.flatnonzero(binary.any(axis=other))
+        if not len(idx):
+            return None
+        r = int(max(abs(idx[0] - D // 2), abs(idx[-1] - D // 2)))
+        reach = r if reach is None else max(reach, r)
+    return reach
+
+
 def resample_map(vol, apix_in: float, apix_out: float):
     """Fourier resampling of a (masked) map to ``apix_out`` without aliasing (step 4 above).
 
@@ -166,13 +180,9 @@ def resample_map(vol, apix_in: float, apix_out: float):
     from cryovox.core.spectral import fourier_resize
     from cryovox.core.transform import center_crop_pad
 
-    D = vol.shape[-1]
-    c = D // 2
-    nz = torch.nonzero(vol != 0)
-    if len(nz):
-        reach = int((nz - c).abs().max())
-        n = min(D, 2 * reach + 2)
-        vol = center_crop_pad(vol, n)  # only zeros are removed
+    reach = _support_reach((vol != 0).numpy())
+    if reach is not None:
+        vol = center_crop_pad(vol, min(vol.shape[-1], 2 * reach + 2))  # only zeros are removed
     n = vol.shape[-1]
     m = _exact_ratio_size(n, apix_in, apix_out)
     vol = center_crop_pad(vol.to(torch.float64), m)
@@ -284,7 +294,7 @@ def process_entry(entry: MirrorEntry, opts: CurateOptions) -> tuple[np.ndarray, 
 
     wanted = {m.lower() for m in opts.methods}
     if meta.method is None:
-        raise Rejected("method", "the header gives no method")
+        raise Rejected("method", "no method given (header or metadata CSV)")
     if meta.method.lower() not in wanted:
         raise Rejected("method", f"method {meta.method} is not one of {', '.join(opts.methods)}")
     lo, hi = opts.mw_kda
@@ -308,14 +318,14 @@ def process_entry(entry: MirrorEntry, opts: CurateOptions) -> tuple[np.ndarray, 
             raise Rejected("mass", f"molecular weight {mw:.1f} kDa (estimated from the volume at the contour) "
                                    f"is outside {lo:g}–{hi:g} kDa")
 
-    inside = np.argwhere(m.data >= meta.contour)
-    if not len(inside):
+    inside = _support_reach(m.data >= meta.contour)
+    if inside is None:
         raise Rejected("empty", f"no voxel reaches the contour level {meta.contour:g}")
     # crop to the region the mask can reach (exact: everything beyond is multiplied by 0);
     # the distance transforms of the mask then run on far fewer voxels
     D = m.data.shape[-1]
     extend_px, soft_px = opts.extend_a / apix_in, opts.soft_edge_a / apix_in
-    reach = int(np.abs(inside - D // 2).max()) + int(math.ceil(max(extend_px, 0) + soft_px)) + 2
+    reach = inside + int(math.ceil(max(extend_px, 0) + soft_px)) + 2
     vol = center_crop_pad(torch.from_numpy(m.data), min(D, 2 * reach + 2))
     mask = threshold_mask(vol, meta.contour, extend_px, soft_px)
     resampled, apix_actual = resample_map(vol.to(torch.float64) * mask.to(torch.float64), apix_in, opts.apix)
@@ -327,7 +337,8 @@ def process_entry(entry: MirrorEntry, opts: CurateOptions) -> tuple[np.ndarray, 
         mats = torch.cat([torch.eye(3, dtype=torch.float64)[None], mats])
     samples = make_samples(resampled, apix_actual, opts.apix, opts.box, mats)
     eulers = matrix_to_euler(mats).tolist()
-    below = bool(meta.resolution is not None and meta.resolution > 2 * opts.apix)
+    effective = max(meta.resolution or 0.0, 2 * apix_in)  # the source's own Nyquist limits it too
+    below = bool(effective > 2 * opts.apix)
     rows = []
     for k, (rot, tilt, psi) in enumerate(eulers):
         rows.append({
@@ -464,12 +475,21 @@ def run(source: Path, outdir: Path, opts: CurateOptions, *, workers: int = 1, re
                 handle(_work(t), progress)
         else:
             import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor, as_completed
 
             threads = max(1, (os.cpu_count() or 1) // workers)
-            ctx = mp.get_context("spawn")
-            with ctx.Pool(min(workers, len(tasks)), initializer=_init_worker, initargs=(threads,)) as pool:
-                for res in pool.imap_unordered(_work, tasks, chunksize=1):
-                    handle(res, progress)
+            # spawn: safe with torch and threads; a worker that dies (e.g. out of memory) stops
+            # the run with BrokenProcessPool instead of hanging, and --resume continues it
+            with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=mp.get_context("spawn"),
+                                     initializer=_init_worker, initargs=(threads,)) as pool:
+                futures = [pool.submit(_work, t) for t in tasks]
+                try:
+                    for fut in as_completed(futures):
+                        handle(fut.result(), progress)
+                except BaseException:
+                    for f in futures:
+                        f.cancel()
+                    raise
 
     order = [e.entry_id for e in entries]
     res = assemble(outdir, order, record, opts.split, opts.seed, opts.apix, opts.box, previous=previous)
@@ -494,8 +514,11 @@ def _write_mrcs(corpus) -> None:
 
     from cryovox.io.mrc import write_map
 
+    import shutil
+
     folder = corpus.path / "mrc"
-    folder.mkdir(exist_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)  # no stale samples from an earlier run
+    folder.mkdir()
     md = corpus.metadata
     for i, (eid, k) in enumerate(zip(md["entry_id"], md["rotation"])):
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", str(eid))
