@@ -79,12 +79,13 @@ class HeteroModel(torch.nn.Module):
         """Optimizer parameter groups (default: one group at ``lr``)."""
         return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
 
-    def prepare(self, stats: dict[str, Tensor], consensus: Tensor | None = None, batches=None) -> None:
+    def prepare(self, stats: dict[str, Tensor], consensus: Tensor | None = None, batches=None,
+                n_particles: int = 1) -> None:
         """Set data-derived quantities before training.
 
         stats: sums of :func:`cryovox.models.hetero.loss.data_spectra` over (a subset of) the
         particles; consensus: a ``(D, D, D)`` map reconstructed from the same particles (or None);
-        batches: an iterable of dataset batches of that subset.
+        batches: an iterable of dataset batches of that subset; n_particles: the data set's size.
         """
 
 

@@ -127,7 +127,7 @@ def prepare_model(net, dataset, table, rows: np.ndarray, *, consensus: bool, see
                                              use_ctf=dataset.has_ctf, label="consensus map")
         vol = wiener_maps(data, weight)[2].cpu()
         sub.close()
-    net.prepare(stats, vol, iterate_batches(dataset, rows.tolist(), 512))
+    net.prepare(stats, vol, iterate_batches(dataset, rows.tolist(), 512), n_particles=len(dataset))
 
 
 def _write_z(outdir: Path, epoch: int, z: np.ndarray, logvar: np.ndarray) -> None:

@@ -23,8 +23,6 @@ decoded map is therefore ``irfftn_c(g) · Π sinc²(n / (pad · D))``.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
@@ -104,22 +102,36 @@ class BasisDecoder(nn.Module):
         return torch.where(r <= self.radius, s, torch.zeros_like(s)).to(self.spectral_scale.dtype)
 
     # -- decoding -----------------------------------------------------------------------------
+    def prior_energy(self, prec: Tensor) -> Tensor:
+        """``½ Σ prec · (Σ_k |V_k|² + |V_0|²)`` over the stored half volumes; prec ``(P, P, P//2+1)``
+        already includes the Hermitian weights (a full-volume sum)."""
+        b = self.basis
+        return 0.5 * ((b * b).sum((0, -1)) * prec).sum() + 0.5 * ((self.bias * self.bias).sum(-1) * prec).sum()
+
     def basis_c(self) -> Tensor:
         return torch.view_as_complex(self.basis)
 
     def bias_c(self) -> Tensor:
         return torch.view_as_complex(self.bias)
 
+    def coefficients(self, z: Tensor) -> Tensor:
+        """``s(z)`` ``(n, K)`` in ``(-1, 1)``: the residual MLP's output through ``tanh``.
+
+        Bounding ``s`` fixes the scale shared by ``s`` and ``V_k`` (else the basis could shrink
+        under its prior while ``s`` grows), so the prior on the volumes acts on ``s_k V_k``.
+        """
+        return torch.tanh(self.coeffs(z))
+
     def slices(self, z: Tensor, rot: Tensor) -> Tensor:
         """Central slices ``(B, D, D//2+1)`` complex of ``g(z)`` at poses ``rot`` ``(B, 3, 3)``, in image units."""
-        s = self.coeffs(z)
+        s = self.coefficients(z)
         out = slicing.project(self.basis_c(), s, self.bias_c(), rot.to(self.basis.dtype),
                               radius=self.radius, pad=self.pad)
         return out * self.scale_2d().to(out.real.dtype)
 
     def fourier(self, z: Tensor) -> Tensor:
         """Fourier volumes ``(n, P, P, P//2+1)`` complex (image units, zero outside the sphere)."""
-        s = self.coeffs(z).to(self.basis.dtype)
+        s = self.coefficients(z).to(self.basis.dtype)
         P = self.pad * self.box
         flat = torch.view_as_real(self.basis_c().reshape(self.n_basis, -1))  # (K, M, 2)
         vol = torch.einsum("nk,kmc->nmc", s, flat).reshape(z.shape[0], P, P, P // 2 + 1, 2)
@@ -137,11 +149,3 @@ class BasisDecoder(nn.Module):
         grid = slicing.gridding_correction(D, self.pad, 3, dtype=vol.dtype, device=vol.device)
         return vol * grid
 
-
-def n_shells(box: int) -> int:
-    return box // 2 + 1
-
-
-def sphere_fraction(box: int, radius: float) -> float:
-    """Fraction of the half volume inside the sphere (for reports)."""
-    return (2 / 3 * math.pi * radius ** 3) / (box * box * (box // 2 + 1))

@@ -64,6 +64,9 @@ class SFBPModel(HeteroModel):
         self.decoder = BasisDecoder(box, zdim, n_basis, dec_width, dec_blocks, pad, self.radius)
         nshell = box // 2 + 1
         self.register_buffer("noise_var", torch.ones(nshell))
+        self.register_buffer("data_power", torch.ones(nshell))
+        self.register_buffer("prior_prec", torch.zeros(nshell))    # 1/τ̃²(s); 0: no prior
+        self.register_buffer("n_data", torch.ones(()))
         self._cache: dict[tuple, Tensor] = {}
 
     def config(self) -> dict[str, Any]:
@@ -86,6 +89,7 @@ class SFBPModel(HeteroModel):
         with torch.no_grad():
             self.decoder.spectral_scale.copy_(sbar.to(self.decoder.spectral_scale.dtype))
             self.noise_var.copy_(power.clamp(min=tiny).to(self.noise_var.dtype))
+            self.data_power.copy_(power.clamp(min=tiny).to(self.data_power.dtype))
         self._cache.clear()
 
     def set_bias_from_map(self, volume: Tensor) -> None:
@@ -121,14 +125,58 @@ class SFBPModel(HeteroModel):
             self.noise_var.copy_(new.to(self.noise_var.dtype))
         self._cache.clear()
 
-    def prepare(self, stats: dict[str, Tensor], consensus: Tensor | None = None, batches=None) -> None:
+    def set_prior(self, n_particles: int) -> None:
+        """Gaussian prior on the volumes, per shell, from the signal fraction of the data.
+
+        In whitened units the expected power of the signal per voxel is ``τ̃²(s) = 1 − σ²_n(s)/P(s)``
+        (``P`` the data power, ``σ²_n`` the noise power; clamped to ``[1e-4, 1]``). The prior
+        ``½ Σ |V|²/τ̃²`` over ``V_0`` and every ``V_k`` is added to the loss divided by the number of
+        particles (a MAP term of the shared volumes, spread over the particles' losses). The random
+        initial basis is rescaled to ``τ̃`` per shell (a draw from the prior, times the initial scale),
+        so that it starts smooth and without a penalty.
+        """
+        with torch.no_grad():
+            frac = (1.0 - self.noise_var.double() / self.data_power.double()).clamp(1e-4, 1.0)
+            self.prior_prec.copy_((1.0 / frac).to(self.prior_prec.dtype))
+            self.n_data.fill_(float(max(1, n_particles)))
+            self._cache.clear()
+            grid = self._prior_grid(self.prior_prec.device, torch.float64)
+            herm = grid.new_full((grid.shape[-1],), 2.0)
+            herm[0] = 1.0
+            if (self.decoder.pad * self.box) % 2 == 0:
+                herm[-1] = 1.0
+            std = torch.where(grid > 0, torch.sqrt(herm / grid.clamp(min=1e-30)), torch.zeros_like(grid))
+            self.decoder.basis.mul_(std.to(self.decoder.basis.dtype)[None, ..., None])
+
+    def prepare(self, stats: dict[str, Tensor], consensus: Tensor | None = None, batches=None,
+                n_particles: int = 1) -> None:
         """Before training: spectra (:meth:`set_data_statistics`), then, with a consensus map,
-        ``V_0`` from it and the noise spectrum from the residuals of ``batches``."""
+        ``V_0`` from it, the noise spectrum from the residuals of ``batches`` and the prior on the
+        volumes from the signal fraction (:meth:`set_prior`, ``n_particles`` in the data set)."""
         self.set_data_statistics(stats)
         if consensus is not None:
             self.set_bias_from_map(consensus)
             if batches is not None:
                 self.noise_from_residuals(batches)
+                self.set_prior(n_particles)
+
+    def _prior_grid(self, device, dtype) -> Tensor:
+        key = ("prior", str(device), dtype, self.prior_prec._version)
+        if key not in self._cache:
+            self._cache = {k: v for k, v in self._cache.items() if k[0] != "prior"}
+            dec = self.decoder
+            P = dec.pad * dec.box
+            k = torch.arange(P, device=device, dtype=torch.float64) - P // 2
+            kx = torch.arange(P // 2 + 1, device=device, dtype=torch.float64)
+            r = torch.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + kx[None, None, :] ** 2) / dec.pad
+            idx = torch.round(r).long().clamp(max=self.box // 2)
+            prec = self.prior_prec.to(device=device, dtype=torch.float64)[idx]
+            herm = torch.full((P // 2 + 1,), 2.0, dtype=torch.float64, device=device)
+            herm[0] = 1.0
+            if P % 2 == 0:
+                herm[-1] = 1.0
+            self._cache[key] = torch.where(r <= dec.radius, prec * herm, torch.zeros_like(prec)).to(dtype)
+        return self._cache[key]
 
     def _inv_var(self, device, dtype) -> tuple[Tensor, Tensor, Tensor]:
         key = ("inv_var", str(device), dtype, self.noise_var._version)
@@ -203,6 +251,8 @@ class SFBPModel(HeteroModel):
         nll = gaussian_nll(pred, y, inv)
         kl = kl_standard_normal(mu, logvar)
         total = (nll + beta * kl).mean()
+        if bool(self.prior_prec.any()):
+            total = total + self.decoder.prior_energy(self._prior_grid(y.device, self.decoder.basis.dtype)) / self.n_data
         return LossTerms(total=total, nll=nll, kl=kl, mu=mu, logvar=logvar)
 
     def forward(self, batch: dict[str, Tensor], beta: float = 1.0,
