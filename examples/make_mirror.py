@@ -35,7 +35,6 @@ import gzip
 import json
 import math
 import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -273,7 +272,7 @@ def build_entry(spec: Spec, cache: MonomerCache) -> tuple[np.ndarray, dict]:
     ring_r = 0.0 if spec.per_ring == 1 else 1.1 * rg / math.sin(math.pi / spec.per_ring)
     reach = math.hypot(ring_r, (spec.layers - 1) * 1.1 * rg) + r_max + 6 * spec.apix
     if 2 * reach / spec.apix > MAX_BOX:  # keep maps small: coarser voxels for big assemblies
-        spec.apix = math.ceil(20 * reach / MAX_BOX) / 10
+        spec.apix = math.ceil(8 * reach / MAX_BOX) / 4  # 0.25 Å steps: few distinct monomer maps
         spec.resolution = max(spec.resolution, round(2.2 * spec.apix, 2))
     spec.resolution = round(max(spec.resolution, 2.2 * spec.apix), 2)
     mono = cache.get(Path(spec.model), spec.apix)
@@ -319,10 +318,8 @@ def write_entry(out: Path, layout: str, spec: Spec, data: np.ndarray, facts: dic
     if kind != "header_only":
         map_path.parent.mkdir(parents=True, exist_ok=True)
         _write_map(map_path, data, apix_map, gz)
-        if kind == "corrupt_gzip":
-            raw = bytearray(map_path.read_bytes() if gz else gzip.compress(map_path.read_bytes()))
-            if not gz:
-                map_path = map_path.with_name(map_path.name + ".gz")
+        if kind == "corrupt_gzip":  # written gzipped (make_mirror forces gz for it); flip bytes mid-stream
+            raw = bytearray(map_path.read_bytes())
             mid = len(raw) // 2
             raw[mid:mid + 64] = bytes((b ^ 0x5A) for b in raw[mid:mid + 64])
             map_path.write_bytes(bytes(raw))
@@ -342,11 +339,7 @@ def make_mirror(out: Path, n_good: int = 12, bad: bool = False, layout: str = "t
     manifest, csv_rows = [], []
     for i, spec in enumerate(specs):
         data, facts = build_entry(spec, cache)
-        if spec.kind == "corrupt_gzip":
-            gz_entry = True
-        else:
-            gz_entry = gz
-        write_entry(out, layout, spec, data, facts, gz=gz_entry, csv_rows=csv_rows)
+        write_entry(out, layout, spec, data, facts, gz=gz or spec.kind == "corrupt_gzip", csv_rows=csv_rows)
         expect = "keep" if spec.kind == "good" else "reject"
         manifest.append({**asdict(spec), "expect": expect, "category": EXPECTED_CATEGORY.get(spec.kind, ""),
                          "mass_kda": facts["mw_kda"], "contour": facts["contour"], "box": int(data.shape[-1])})
