@@ -15,11 +15,10 @@
 
 #ifdef __CUDACC__
 #define CVX_HD __host__ __device__ __forceinline__
-#define CVX_FLOOR(v) floor(v)
+#elif defined(__GNUC__)
+#define CVX_HD inline __attribute__((always_inline))
 #else
-#include <cmath>
 #define CVX_HD inline
-#define CVX_FLOOR(v) std::floor(v)
 #endif
 
 namespace cryovox {
@@ -59,9 +58,11 @@ CVX_HD void slice_point(const T* R, T kx, T ky, int pad, int Dv, SlicePoint<T>& 
         if (!(p[j] > (T)(-1e9) && p[j] < (T)1e9)) finite = false;
     }
     for (int j = 0; j < 3; ++j) {
-        T fl = finite ? (T)CVX_FLOOR(p[j]) : (T)0;
-        s.f[j] = finite ? p[j] - fl : (T)0;
-        s.i0[j] = (int32_t)fl;
+        // floor without a libm call: truncate, then step down for negative non-integers
+        int32_t i = finite ? (int32_t)p[j] : 0;
+        if (finite && (T)i > p[j]) --i;
+        s.f[j] = finite ? p[j] - (T)i : (T)0;
+        s.i0[j] = i;
     }
     s.i0[1] += Dv / 2;
     s.i0[2] += Dv / 2;

@@ -51,156 +51,287 @@ constexpr int64_t kParallelItems = int64_t(1) << 14;
 int num_threads() { return std::max(1, at::get_num_threads()); }
 int num_threads(int64_t items) { return items < kParallelItems ? 1 : num_threads(); }
 
-// ---------------------------------------------------------------- forward
+// ---------------------------------------------------------------- kernels
+// Hot loops are compiled twice on x86-64 Linux with GCC (AVX2 and baseline, picked at load time
+// by target_clones) so that one build runs everywhere and uses wide vectors where they exist.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define CVX_CLONES __attribute__((target_clones("arch=haswell", "default")))
+#else
+#define CVX_CLONES
+#endif
+#if defined(__GNUC__)
+#define CVX_INLINE inline __attribute__((always_inline))
+#else
+#define CVX_INLINE inline
+#endif
+
+// Raw inputs shared by the kernels (null where absent). Complex arrays are interleaved (re, im).
 template <typename T>
-void project_kernel(const T* basis_t, const T* coeffs, const T* bias, const T* rot, const std::vector<Pixel>& px,
-                    const Geometry& g, T* out) {
-    const int64_t N = (int64_t)px.size(), total = g.B * N, K = g.K;
-    const int64_t img = g.D * g.Dimg_half;
-#pragma omp parallel for schedule(static) num_threads(num_threads(total))
-    for (int64_t it = 0; it < total; ++it) {
-        const int64_t b = it / N;
-        const Pixel& q = px[it - b * N];
+struct Args {
+    const T* basis_t;  // (M, K) voxel-major complex
+    const T* coeffs;   // (B, K) real
+    const T* bias;     // (M,) complex
+    const T* rot;      // (B, 3, 3)
+    const Pixel* px;   // (N,) in-radius pixels
+    int64_t N;
+    Geometry g;
+};
+
+template <typename T>
+CVX_INLINE void point(const Args<T>& a, int64_t b, const Pixel& q, SlicePoint<T>& s) {
+    slice_point<T>(a.rot + 9 * b, (T)q.kx, (T)q.ky, a.g.pad, (int)a.g.Dv, s);
+}
+
+// acc[0:2K] = sum_c w[c] * basis_t[idx[c], :] (the K complex values of the 8 corners, weighted)
+template <typename T>
+CVX_INLINE void weighted_corners(const T* basis_t, int64_t K2, const int64_t* idx, const T* w, T* acc) {
+    for (int64_t j = 0; j < K2; ++j) acc[j] = 0;
+    for (int c = 0; c < 8; ++c) {
+        const T wc = w[c];
+        const T* v = basis_t + K2 * idx[c];
+        for (int64_t j = 0; j < K2; ++j) acc[j] += wc * v[j];
+    }
+}
+
+// ----- forward: items [begin, end) of the flattened (image, pixel) range
+template <typename T>
+CVX_INLINE void project_items(const Args<T>& a, T* out, int64_t begin, int64_t end, T* acc) {
+    const int64_t K = a.g.K, K2 = 2 * K, N = a.N, img = a.g.D * a.g.Dimg_half;
+    int64_t b = begin / N, n = begin - b * N;
+    for (int64_t it = begin; it < end; ++it, ++n) {
+        if (n == N) {
+            n = 0;
+            ++b;
+        }
+        const Pixel q = a.px[n];
         SlicePoint<T> s;
-        slice_point<T>(rot + 9 * b, (T)q.kx, (T)q.ky, g.pad, (int)g.Dv, s);
+        point(a, b, q, s);
         T re = 0, im = 0;
-        if (basis_t) {
-            const T* cf = coeffs + b * K;
-            for (int c = 0; c < 8; ++c) {
-                const T* v = basis_t + 2 * s.idx[c] * K;
-                T sr = 0, si = 0;
-                for (int64_t k = 0; k < K; ++k) {
-                    sr += cf[k] * v[2 * k];
-                    si += cf[k] * v[2 * k + 1];
-                }
-                re += s.w[c] * sr;
-                im += s.w[c] * si;
+        if (a.basis_t) {
+            weighted_corners(a.basis_t, K2, s.idx, s.w, acc);
+            const T* cf = a.coeffs + b * K;
+            for (int64_t k = 0; k < K; ++k) {
+                re += cf[k] * acc[2 * k];
+                im += cf[k] * acc[2 * k + 1];
             }
         }
-        if (bias) {
-            T br = 0, bi = 0;
+        if (a.bias) {
             for (int c = 0; c < 8; ++c) {
-                br += s.w[c] * bias[2 * s.idx[c]];
-                bi += s.w[c] * bias[2 * s.idx[c] + 1];
+                re += s.w[c] * a.bias[2 * s.idx[c]];
+                im += s.w[c] * a.bias[2 * s.idx[c] + 1];
             }
-            re += br;
-            im += bi;
         }
         T* o = out + 2 * (b * img + q.index);
         o[0] = re;
         o[1] = s.flip ? -im : im;
     }
 }
+CVX_CLONES void project_items_c(const Args<float>& a, float* out, int64_t b, int64_t e, float* acc) {
+    project_items<float>(a, out, b, e, acc);
+}
+CVX_CLONES void project_items_c(const Args<double>& a, double* out, int64_t b, int64_t e, double* acc) {
+    project_items<double>(a, out, b, e, acc);
+}
 
-// ---------------------------------------------------------------- per-image gradient reductions
-// grad_coeffs[b,k] = sum_n Re(conj(g') sum_c w_c basis[c,k]),
-// grad_rot[b] from d/dp of the trilinear weights; g' = grad, conjugated where the mate was sampled.
 template <typename T>
-void gather_grads_kernel(const T* grad, const T* basis_t, const T* coeffs, const T* bias, const T* rot,
-                         const std::vector<Pixel>& px, const Geometry& g, T* grad_coeffs, T* grad_rot) {
-    const int64_t N = (int64_t)px.size(), K = g.K;
-    const int64_t img = g.D * g.Dimg_half;
-#pragma omp parallel num_threads(num_threads(g.B * N))
+void project_kernel(const Args<T>& a, T* out) {
+    const int64_t total = a.g.B * a.N, block = 512;
+    const int64_t nblocks = (total + block - 1) / block;
+#pragma omp parallel num_threads(num_threads(total))
     {
-        std::vector<T> acc(2 * std::max<int64_t>(K, 1));
-        std::vector<T> gc(std::max<int64_t>(K, 1));
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t b = 0; b < g.B; ++b) {
-            std::fill(gc.begin(), gc.end(), (T)0);
-            T gr[6] = {0, 0, 0, 0, 0, 0};
-            for (int64_t n = 0; n < N; ++n) {
-                const Pixel& q = px[n];
-                const T* gp = grad + 2 * (b * img + q.index);
-                SlicePoint<T> s;
-                slice_point<T>(rot + 9 * b, (T)q.kx, (T)q.ky, g.pad, (int)g.Dv, s);
-                const T gre = gp[0], gim = s.flip ? -gp[1] : gp[1];
-                if (gre == (T)0 && gim == (T)0) continue;
-                T vr[8], vi[8];
-                if (basis_t && grad_coeffs) std::fill(acc.begin(), acc.end(), (T)0);
-                for (int c = 0; c < 8; ++c) {
-                    T r = 0, i = 0;
-                    if (basis_t) {
-                        const T* v = basis_t + 2 * s.idx[c] * K;
-                        const T* cf = coeffs + b * K;
-                        for (int64_t k = 0; k < K; ++k) {
-                            r += cf[k] * v[2 * k];
-                            i += cf[k] * v[2 * k + 1];
-                        }
-                        if (grad_coeffs) {
-                            for (int64_t k = 0; k < K; ++k) {
-                                acc[2 * k] += s.w[c] * v[2 * k];
-                                acc[2 * k + 1] += s.w[c] * v[2 * k + 1];
-                            }
-                        }
-                    }
-                    if (bias) {
-                        r += bias[2 * s.idx[c]];
-                        i += bias[2 * s.idx[c] + 1];
-                    }
-                    vr[c] = r;
-                    vi[c] = i;
-                }
-                if (grad_coeffs)
-                    for (int64_t k = 0; k < K; ++k) gc[k] += gre * acc[2 * k] + gim * acc[2 * k + 1];
-                if (grad_rot) {
-                    const T sgn = s.flip ? (T)-1 : (T)1;
-                    for (int j = 0; j < 3; ++j) {
-                        T dr = 0, di = 0;
-                        for (int c = 0; c < 8; ++c) {
-                            const T dw = corner_weight_derivative<T>(s, c, j);
-                            dr += dw * vr[c];
-                            di += dw * vi[c];
-                        }
-                        const T dLdp = sgn * (T)g.pad * (gre * dr + gim * di);
-                        gr[j] += dLdp * (T)q.kx;
-                        gr[3 + j] += dLdp * (T)q.ky;
-                    }
-                }
-            }
-            if (grad_coeffs)
-                for (int64_t k = 0; k < K; ++k) grad_coeffs[b * K + k] = gc[k];
-            if (grad_rot) {
-                T* o = grad_rot + 9 * b;
-                for (int j = 0; j < 6; ++j) o[j] = gr[j];
-                o[6] = o[7] = o[8] = 0;
-            }
-        }
+        std::vector<T> acc(2 * std::max<int64_t>(a.g.K, 1));
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < nblocks; ++i)
+            project_items_c(a, out, i * block, std::min(total, (i + 1) * block), acc.data());
     }
 }
 
-// ---------------------------------------------------------------- deterministic scatter
+// ----- per-image gradient reductions
+// grad_coeffs[b,k] = sum_n Re(conj(g') sum_c w_c basis[c,k]);
+// grad_rot[b]: dL/dp_j = Re(conj(g') sum_c dw_c/df_j V_c), V_c = sum_k coeffs[b,k] basis[c,k] + bias[c],
+// p_j = s pad (R[0][j] kx + R[1][j] ky), s = -1 where the mate was sampled; g' = grad, conjugated there.
+template <typename T>
+CVX_INLINE void grads_image(const Args<T>& a, const T* grad, int64_t b, T* gc, T* gr, T* scratch) {
+    const int64_t K = a.g.K, K2 = 2 * K, img = a.g.D * a.g.Dimg_half;
+    // scratch: acc = sum_c w_c v_c (coeffs); d[j] = sum_c dw_c/df_j v_c, j = 0..2 (rotations)
+    T* acc = scratch;
+    T* d0 = scratch + K2;
+    T* d1 = scratch + 2 * K2;
+    T* d2 = scratch + 3 * K2;
+    const bool basis = a.basis_t != nullptr;
+    const T* cf = basis ? a.coeffs + b * K : nullptr;
+    if (gc)
+        for (int64_t k = 0; k < K; ++k) gc[k] = 0;
+    T r6[6] = {0, 0, 0, 0, 0, 0};
+    for (int64_t n = 0; n < a.N; ++n) {
+        const Pixel q = a.px[n];
+        const T* gp = grad + 2 * (b * img + q.index);
+        if (gp[0] == (T)0 && gp[1] == (T)0) continue;
+        SlicePoint<T> s;
+        point(a, b, q, s);
+        const T gre = gp[0], gim = s.flip ? -gp[1] : gp[1];
+        T dw[3][8];
+        if (gr)
+            for (int j = 0; j < 3; ++j)
+                for (int c = 0; c < 8; ++c) dw[j][c] = corner_weight_derivative<T>(s, c, j);
+        if (basis) {
+            // one pass over the 8 corners' K values, all accumulators at once (vectorisable axpys)
+            if (gc)
+                for (int64_t j = 0; j < K2; ++j) acc[j] = 0;
+            if (gr)
+                for (int64_t j = 0; j < K2; ++j) d0[j] = d1[j] = d2[j] = 0;
+            for (int c = 0; c < 8; ++c) {
+                const T* v = a.basis_t + K2 * s.idx[c];
+                if (gc) {
+                    const T w = s.w[c];
+                    for (int64_t j = 0; j < K2; ++j) acc[j] += w * v[j];
+                }
+                if (gr) {
+                    const T w0 = dw[0][c], w1 = dw[1][c], w2 = dw[2][c];
+                    for (int64_t j = 0; j < K2; ++j) {
+                        d0[j] += w0 * v[j];
+                        d1[j] += w1 * v[j];
+                        d2[j] += w2 * v[j];
+                    }
+                }
+            }
+            if (gc)
+                for (int64_t k = 0; k < K; ++k) gc[k] += gre * acc[2 * k] + gim * acc[2 * k + 1];
+        }
+        if (gr) {
+            const T sgn = s.flip ? (T)-1 : (T)1;
+            const T* dj[3] = {d0, d1, d2};
+            for (int j = 0; j < 3; ++j) {
+                T dr = 0, di = 0;
+                if (basis) {
+                    for (int64_t k = 0; k < K; ++k) {
+                        dr += cf[k] * dj[j][2 * k];
+                        di += cf[k] * dj[j][2 * k + 1];
+                    }
+                }
+                if (a.bias) {
+                    for (int c = 0; c < 8; ++c) {
+                        dr += dw[j][c] * a.bias[2 * s.idx[c]];
+                        di += dw[j][c] * a.bias[2 * s.idx[c] + 1];
+                    }
+                }
+                const T dLdp = sgn * (T)a.g.pad * (gre * dr + gim * di);
+                r6[j] += dLdp * (T)q.kx;
+                r6[3 + j] += dLdp * (T)q.ky;
+            }
+        }
+    }
+    if (gr) {
+        for (int j = 0; j < 6; ++j) gr[j] = r6[j];
+        gr[6] = gr[7] = gr[8] = 0;
+    }
+}
+CVX_CLONES void grads_image_c(const Args<float>& a, const float* grad, int64_t b, float* gc, float* gr, float* s) {
+    grads_image<float>(a, grad, b, gc, gr, s);
+}
+CVX_CLONES void grads_image_c(const Args<double>& a, const double* grad, int64_t b, double* gc, double* gr,
+                              double* s) {
+    grads_image<double>(a, grad, b, gc, gr, s);
+}
+
+template <typename T>
+void gather_grads_kernel(const Args<T>& a, const T* grad, T* grad_coeffs, T* grad_rot) {
+#pragma omp parallel num_threads(num_threads(a.g.B * a.N))
+    {
+        std::vector<T> scratch(8 * std::max<int64_t>(a.g.K, 1));  // 4 accumulators of 2K
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t b = 0; b < a.g.B; ++b)
+            grads_image_c(a, grad, b, grad_coeffs ? grad_coeffs + b * a.g.K : nullptr,
+                          grad_rot ? grad_rot + 9 * b : nullptr, scratch.data());
+    }
+}
+
+// ----- deterministic scatter
 // For every item (b, n) with value v = vals[b, pixel] (conjugated where the mate was sampled):
-//   out_k[voxel, k] += coeffs[b,k] w v   (if out_k: (M, K) voxel-major)
+//   out_k[voxel, k] += w coeffs[b,k] v   (if out_k: (M, K) voxel-major)
 //   out_1[voxel]    += w v               (if out_1: (M,))
 //   out_w[voxel]    += w wt              (if out_w: (M,), wt = wts[b, pixel] or 1)
 template <typename T>
-void scatter_kernel(const T* vals, const T* wts, const T* coeffs, const T* rot, const std::vector<Pixel>& px,
-                    const Geometry& g, T* out_k, T* out_1, T* out_w) {
-    const int64_t N = (int64_t)px.size(), K = g.K, Dv = g.Dv;
-    const int64_t img = g.D * g.Dimg_half;
-    if (N == 0 || g.B == 0) return;
-    const int T_ = num_threads(g.B * N);
+struct ScatterOut {
+    const T* vals;
+    const T* wts;
+    T* out_k;
+    T* out_1;
+    T* out_w;
+};
+
+// Contributions of entries [e0, e1) of one plane; entry = 2 * item + dz.
+template <typename T>
+CVX_INLINE void scatter_entries(const Args<T>& a, const ScatterOut<T>& o, const int64_t* entries, int64_t e0,
+                                int64_t e1, T* base) {
+    const int64_t K = a.g.K, K2 = 2 * K, N = a.N, img = a.g.D * a.g.Dimg_half;
+    for (int64_t e = e0; e < e1; ++e) {
+        const int64_t it = entries[e] >> 1;
+        const int dz = (int)(entries[e] & 1);
+        const int64_t b = it / N;
+        const Pixel q = a.px[it - b * N];
+        SlicePoint<T> s;
+        point(a, b, q, s);
+        const T* vp = o.vals + 2 * (b * img + q.index);
+        const T vr = vp[0], vi = s.flip ? -vp[1] : vp[1];
+        const T wt = o.wts ? o.wts[b * img + q.index] : (T)1;
+        if (o.out_k) {
+            const T* cf = a.coeffs + b * K;
+            for (int64_t k = 0; k < K; ++k) {
+                base[2 * k] = cf[k] * vr;
+                base[2 * k + 1] = cf[k] * vi;
+            }
+        }
+        for (int c = 4 * dz; c < 4 * dz + 4; ++c) {
+            if (!((s.valid >> c) & 1u)) continue;
+            const int64_t v = s.idx[c];
+            const T w = s.w[c];
+            if (o.out_k) {
+                T* ok = o.out_k + K2 * v;
+                for (int64_t j = 0; j < K2; ++j) ok[j] += w * base[j];
+            }
+            if (o.out_1) {
+                o.out_1[2 * v] += w * vr;
+                o.out_1[2 * v + 1] += w * vi;
+            }
+            if (o.out_w) o.out_w[v] += w * wt;
+        }
+    }
+}
+CVX_CLONES void scatter_entries_c(const Args<float>& a, const ScatterOut<float>& o, const int64_t* en, int64_t e0,
+                                  int64_t e1, float* base) {
+    scatter_entries<float>(a, o, en, e0, e1, base);
+}
+CVX_CLONES void scatter_entries_c(const Args<double>& a, const ScatterOut<double>& o, const int64_t* en, int64_t e0,
+                                  int64_t e1, double* base) {
+    scatter_entries<double>(a, o, en, e0, e1, base);
+}
+
+template <typename T>
+void scatter_kernel(const Args<T>& a, const ScatterOut<T>& o) {
+    const int64_t N = a.N, Dv = a.g.Dv, total = a.g.B * N;
+    if (total == 0) return;
+    const int T_ = num_threads(total);
     const int64_t per_chunk = std::max<int64_t>(1, kScatterItems / N) * N;  // whole images per pass
     std::vector<int64_t> entries;
     std::vector<int64_t> counts((size_t)T_ * Dv), offs((size_t)T_ * Dv), start(Dv + 1);
     std::vector<int32_t> zfirst;
     std::vector<uint8_t> zvalid;
-    for (int64_t first = 0; first < g.B * N; first += per_chunk) {
-        const int64_t last = std::min(g.B * N, first + per_chunk), n_items = last - first;
+    for (int64_t first = 0; first < total; first += per_chunk) {
+        const int64_t last = std::min(total, first + per_chunk), n_items = last - first;
         const int64_t span = (n_items + T_ - 1) / T_;
         std::fill(counts.begin(), counts.end(), 0);
-        // pass 1: geometry of each item (first plane, which corners are inside), and counts per
-        // (thread chunk, plane)
         zfirst.resize((size_t)n_items);
         zvalid.resize((size_t)n_items);
+        // pass 1: first plane and inside-corners of every item; counts per (thread chunk, plane)
 #pragma omp parallel for schedule(static, 1) num_threads(T_)
         for (int t = 0; t < T_; ++t) {
             int64_t* cnt = counts.data() + (size_t)t * Dv;
-            for (int64_t it = first + t * span; it < std::min(last, first + (t + 1) * span); ++it) {
+            const int64_t lo = first + t * span, hi = std::min(last, first + (t + 1) * span);
+            for (int64_t it = lo; it < hi; ++it) {
                 const int64_t b = it / N;
-                const Pixel& q = px[it - b * N];
                 SlicePoint<T> s;
-                slice_point<T>(rot + 9 * b, (T)q.kx, (T)q.ky, g.pad, (int)Dv, s);
+                point(a, b, a.px[it - b * N], s);
                 zfirst[it - first] = s.i0[2];
                 zvalid[it - first] = (uint8_t)s.valid;
                 if (s.valid & 0x0Fu) ++cnt[s.i0[2]];
@@ -218,52 +349,32 @@ void scatter_kernel(const T* vals, const T* wts, const T* coeffs, const T* rot, 
         }
         start[Dv] = run;
         entries.resize((size_t)run);
-        // pass 2: fill, in item order within each chunk (stable)
+        // pass 2: fill, in item order within each chunk (a stable counting sort)
 #pragma omp parallel for schedule(static, 1) num_threads(T_)
         for (int t = 0; t < T_; ++t) {
             int64_t* off = offs.data() + (size_t)t * Dv;
-            for (int64_t it = first + t * span; it < std::min(last, first + (t + 1) * span); ++it) {
+            const int64_t lo = first + t * span, hi = std::min(last, first + (t + 1) * span);
+            for (int64_t it = lo; it < hi; ++it) {
                 const int32_t z0 = zfirst[it - first];
                 const uint8_t valid = zvalid[it - first];
                 if (valid & 0x0Fu) entries[off[z0]++] = it * 2;
                 if (valid & 0xF0u) entries[off[z0 + 1]++] = it * 2 + 1;
             }
         }
-        // pass 3: each plane owned by one thread, contributions in ascending item order
-#pragma omp parallel for schedule(dynamic, 1) num_threads(T_)
-        for (int64_t z = 0; z < Dv; ++z) {
-            for (int64_t e = start[z]; e < start[z + 1]; ++e) {
-                const int64_t it = entries[e] >> 1;
-                const int dz = (int)(entries[e] & 1);
-                const int64_t b = it / N;
-                const Pixel& q = px[it - b * N];
-                SlicePoint<T> s;
-                slice_point<T>(rot + 9 * b, (T)q.kx, (T)q.ky, g.pad, (int)Dv, s);
-                const T* vp = vals + 2 * (b * img + q.index);
-                const T vr = vp[0], vi = s.flip ? -vp[1] : vp[1];
-                const T wt = wts ? wts[b * img + q.index] : (T)1;
-                const T* cf = coeffs ? coeffs + b * K : nullptr;
-                for (int c = 4 * dz; c < 4 * dz + 4; ++c) {
-                    if (!((s.valid >> c) & 1u)) continue;
-                    const int64_t v = s.idx[c];
-                    const T w = s.w[c];
-                    const T wr = w * vr, wi = w * vi;
-                    if (out_k) {
-                        T* o = out_k + 2 * v * K;
-                        for (int64_t k = 0; k < K; ++k) {
-                            o[2 * k] += cf[k] * wr;
-                            o[2 * k + 1] += cf[k] * wi;
-                        }
-                    }
-                    if (out_1) {
-                        out_1[2 * v] += wr;
-                        out_1[2 * v + 1] += wi;
-                    }
-                    if (out_w) out_w[v] += w * wt;
-                }
-            }
+        // pass 3: each plane owned by one thread, its contributions in ascending item order
+#pragma omp parallel num_threads(T_)
+        {
+            std::vector<T> base(2 * std::max<int64_t>(a.g.K, 1));
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t z = 0; z < Dv; ++z) scatter_entries_c(a, o, entries.data(), start[z], start[z + 1], base.data());
         }
     }
+}
+
+template <typename T>
+Args<T> args_of(const host::ProjectInputs& in) {
+    return {real_ptr<T>(in.basis_t), real_ptr<T>(in.coeffs), real_ptr<T>(in.bias), real_ptr<T>(in.rot),
+            in.px.data(), (int64_t)in.px.size(), in.g};
 }
 
 // ---------------------------------------------------------------- torch entry points
@@ -272,9 +383,7 @@ at::Tensor project_cpu(const c10::optional<at::Tensor>& basis, const c10::option
     auto in = host::prepare_project(basis, coeffs, bias, rot, radius, pad);
     auto out = at::zeros({in.g.B, in.g.D, in.g.Dimg_half}, in.rot.options().dtype(in.complex_t));
     AT_DISPATCH_FLOATING_TYPES(in.real_t, "cryovox_project", [&] {
-        project_kernel<scalar_t>(real_ptr<scalar_t>(in.basis_t), real_ptr<scalar_t>(in.coeffs),
-                                 real_ptr<scalar_t>(in.bias), real_ptr<scalar_t>(in.rot), in.px, in.g,
-                                 real_mut_ptr<scalar_t>(out));
+        project_kernel<scalar_t>(args_of<scalar_t>(in), real_mut_ptr<scalar_t>(out));
     });
     return out;
 }
@@ -298,14 +407,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> project_backward_cpu(
     if (need_rot) g_rot = at::zeros({g.B, 3, 3}, in.rot.options());
     AT_DISPATCH_FLOATING_TYPES(in.real_t, "cryovox_project_backward", [&] {
         using T = scalar_t;
+        const Args<T> a = args_of<T>(in);
         if (need_coeffs || need_rot)
-            gather_grads_kernel<T>(real_ptr<T>(grad), real_ptr<T>(in.basis_t), real_ptr<T>(in.coeffs),
-                                   real_ptr<T>(in.bias), real_ptr<T>(in.rot), in.px, g, real_mut_ptr<T>(g_coeffs),
-                                   real_mut_ptr<T>(g_rot));
+            gather_grads_kernel<T>(a, real_ptr<T>(grad), real_mut_ptr<T>(g_coeffs), real_mut_ptr<T>(g_rot));
         if (need_basis || need_bias)
-            scatter_kernel<T>(real_ptr<T>(grad), nullptr, need_basis ? real_ptr<T>(in.coeffs) : nullptr,
-                              real_ptr<T>(in.rot), in.px, g, real_mut_ptr<T>(g_basis_t), real_mut_ptr<T>(g_bias),
-                              nullptr);
+            scatter_kernel<T>(a, {real_ptr<T>(grad), nullptr, real_mut_ptr<T>(g_basis_t), real_mut_ptr<T>(g_bias),
+                                  nullptr});
     });
     auto none = [&](const at::TensorOptions& o) { return at::empty({0}, o); };
     return {need_basis ? host::basis_layout(g_basis_t, g) : none(copt), need_coeffs ? g_coeffs : none(in.rot.options()),
@@ -321,8 +428,9 @@ std::tuple<at::Tensor, at::Tensor> backproject_cpu(const at::Tensor& images, con
     auto weight = at::zeros({g.Dv, g.Dv, g.Dh}, in.rot.options());
     AT_DISPATCH_FLOATING_TYPES(in.real_t, "cryovox_backproject", [&] {
         using T = scalar_t;
-        scatter_kernel<T>(real_ptr<T>(in.images), real_ptr<T>(in.weights), nullptr, real_ptr<T>(in.rot), in.px, g,
-                          nullptr, real_mut_ptr<T>(data), real_mut_ptr<T>(weight));
+        const Args<T> a{nullptr, nullptr, nullptr, real_ptr<T>(in.rot), in.px.data(), (int64_t)in.px.size(), g};
+        scatter_kernel<T>(a, {real_ptr<T>(in.images), real_ptr<T>(in.weights), nullptr, real_mut_ptr<T>(data),
+                              real_mut_ptr<T>(weight)});
     });
     return {data, weight};
 }

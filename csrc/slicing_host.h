@@ -71,6 +71,7 @@ inline void check_volume(const at::Tensor& t, int64_t Dv, const char* name, bool
 }
 
 // Basis (K, M) complex -> voxel-major (M, K): the K values of one voxel are contiguous.
+// No copy when the basis is already a permuted view of a contiguous (Dv, Dv, Dh, K) tensor.
 inline at::Tensor voxel_major(const at::Tensor& basis, int64_t K, int64_t M) {
     auto flat = basis.reshape({K, M});
     return K == 1 ? flat.contiguous() : flat.t().contiguous();
@@ -162,10 +163,10 @@ inline BackprojectInputs prepare_backproject(const at::Tensor& images_in, const 
     return in;
 }
 
-// (M, K) voxel-major gradient -> (K, Dv, Dv, Dh).
+// (M, K) voxel-major gradient -> (K, Dv, Dv, Dh), a strided view (no copy): autograd hands it on
+// as is to a voxel-major basis and makes it contiguous only where the basis is (K, ...)-contiguous.
 inline at::Tensor basis_layout(const at::Tensor& voxel_major_grad, const Geometry& g) {
-    auto t = g.K == 1 ? voxel_major_grad : voxel_major_grad.t().contiguous();
-    return t.reshape({g.K, g.Dv, g.Dv, g.Dh});
+    return voxel_major_grad.t().reshape({g.K, g.Dv, g.Dv, g.Dh});
 }
 
 }  // namespace host

@@ -94,6 +94,10 @@ def project(basis: Tensor | None, coeffs: Tensor | None, bias: Tensor | None, ro
     image box), default ``D / 2``; ``pad``: volume box / image box (see module docstring).
     Returns ``(B, D, D//2+1)`` complex half images, ``D = Dv // pad``. Differentiable in basis,
     coeffs, bias and rot (compiled kernels when built, else the pure-PyTorch reference).
+
+    The compiled kernels read the basis voxel-major (the K values of a voxel together). A model
+    that stores its basis as a ``(Dv, Dv, Dv//2+1, K)`` tensor and passes ``basis.permute(3, 0, 1, 2)``
+    avoids a transpose of the whole basis on every call (and its gradient arrives in that layout).
     """
     if basis is None and bias is None:
         raise ValueError("project needs a basis, a bias or both")
