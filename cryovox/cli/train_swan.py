@@ -46,6 +46,7 @@ def train_swan_command(
                                               help="Perception scales of the fine level, e.g. 1,4,6,8,10,12,14,16 "
                                                    "(default: the paper's, scaled to the box)."),
     coarse_scales: Optional[str] = typer.Option(None, "--coarse-scales", help="Perception scales of the coarse level."),
+    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
     reinit_dead: bool = typer.Option(True, "--reinit-dead/--no-reinit-dead",
                                      help="Re-initialise unused codes after each epoch."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Random rotations of the training maps."),
@@ -72,8 +73,9 @@ def train_swan_command(
     config = dict(corpus=corpus, stage=stage, model=model, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
                   weight_decay=weight_decay, amp=amp, resume=resume, width=width, latent_dim=latent_dim,
                   codebook_size=codebook_size, beta=beta, rq_depth=rq_depth, fine_scales=fine_scales,
-                  coarse_scales=coarse_scales, reinit_dead=reinit_dead, augment=augment, max_eval=max_eval,
-                  unet_base=unet_base, timesteps=timesteps, cond_pool=cond_pool, seed=seed, device=device)
+                  coarse_scales=coarse_scales, reinit_dead=reinit_dead, augment=augment, workers=workers,
+                  max_eval=max_eval, unet_base=unet_base, timesteps=timesteps, cond_pool=cond_pool, seed=seed,
+                  device=device)
     if stage not in ("autoencoder", "diffusion"):
         raise InputError(f"--stage {stage}: expected autoencoder or diffusion")
     if arch not in ("swan", "vq", "rq", "swan-single"):
@@ -95,5 +97,6 @@ def train_swan_command(
                                     weight_decay=weight_decay, amp=amp, resume=resume, device=device, seed=seed,
                                     width=width, latent_dim=latent_dim, codebook_size=codebook_size, beta=beta,
                                     rq_depth=rq_depth, fine_scales=fine, coarse_scales=coarse,
-                                    reinit_dead=reinit_dead, augment=augment, max_eval=max_eval)
+                                    reinit_dead=reinit_dead, augment=augment, workers=workers,
+                                    max_eval=max_eval)
         run.report(result.summary())

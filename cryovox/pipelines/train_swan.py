@@ -77,26 +77,6 @@ def _batch(corpus: Corpus, rows: Sequence[int]) -> Tensor:
     return torch.from_numpy(out)[:, None]
 
 
-class _Augmenter:
-    """Random rotation (cubic B-spline) and flips of a batch, drawn from a CPU generator."""
-
-    def __init__(self, enabled: bool, flips: bool = False):
-        self.enabled = enabled
-        self.flips = flips
-
-    def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        if not self.enabled:
-            return x
-        from cryovox.core.rotations import random_rotations
-        from cryovox.core.transform import flip, random_flip_axes, rotate
-
-        R = random_rotations(x.shape[0], generator=generator).to(torch.float32)
-        out = rotate(x[:, 0], R, order=3)
-        if self.flips:
-            out = torch.stack([flip(v, random_flip_axes(generator)) for v in out])
-        return out[:, None].contiguous()
-
-
 # ------------------------------------------------------------------------------- evaluation
 @dataclass
 class EvalResult:
@@ -228,13 +208,14 @@ def _autocast(device, amp: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp)
 
 
-def _epoch_batches(n_rows: np.ndarray, batch_size: int, seed: int, epoch: int, ctx) -> list[np.ndarray]:
+def _epoch_batches(n: int, batch_size: int, seed: int, epoch: int, ctx) -> list[list[int]]:
+    """This process's batches (positions 0 … n-1) of one epoch: a seeded shuffle, split by rank."""
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    perm = n_rows[torch.randperm(len(n_rows), generator=g).numpy()]
+    perm = torch.randperm(n, generator=g).numpy()
     per_rank = perm[ctx.rank::ctx.world_size]
     usable = len(perm) // ctx.world_size  # same number of steps on every rank
     per_rank = per_rank[:usable]
-    return [per_rank[i:i + batch_size] for i in range(0, len(per_rank), batch_size)]
+    return [per_rank[i:i + batch_size].tolist() for i in range(0, len(per_rank), batch_size)]
 
 
 def _prune(outdir: Path, stem: str) -> None:
@@ -263,7 +244,7 @@ def run(corpus: Path, outdir: Path, *, arch: str = "swan", epochs: int = 50, bat
         device: str = "auto", seed: int = 0, width: int = 32, latent_dim: int = 32,
         codebook_size: int = 4096, beta: float = 0.25, pe_levels: int = 10, rq_depth: int = 4,
         fine_scales: Sequence[int] | None = None, coarse_scales: Sequence[int] | None = None,
-        reinit_dead: bool = True, augment: bool = True, eval_batch_size: int = 8,
+        reinit_dead: bool = True, augment: bool = True, workers: int = 0, eval_batch_size: int = 8,
         max_eval: int | None = None, progress: bool = True) -> TrainSwanResult:
     """Train an autoencoder of ``arch`` on ``corpus``; outputs in ``outdir`` (module docstring).
 
@@ -271,11 +252,12 @@ def run(corpus: Path, outdir: Path, *, arch: str = "swan", epochs: int = 50, bat
     batch_size: maps per step per process; lr / weight_decay: AdamW; amp: bf16 autocast;
     width / latent_dim / codebook_size / beta / pe_levels / rq_depth / *_scales: model
     (:class:`~cryovox.models.swan.SwanConfig`); reinit_dead: re-initialise dead codes each
-    epoch; augment: random rotations of the training maps; max_eval: evaluate at most this
-    many test maps (None: all).
+    epoch; augment: random rotations of the training maps (:class:`cryovox.data.volumes.VolumeDataset`,
+    deterministic per epoch and map); workers: DataLoader worker processes; max_eval: evaluate at
+    most this many test maps (None: all).
     """
     from cryovox.models.swan import SwanConfig, SwanAutoencoder
-    from cryovox.utils.distributed import init_distributed, shutdown, unwrap, wrap_model, all_reduce_sum
+    from cryovox.utils.distributed import all_reduce_sum, init_distributed, shutdown, wrap_model
     from cryovox.utils.runtime import seed_everything
 
     t_start = time.monotonic()
@@ -318,11 +300,11 @@ def run(corpus: Path, outdir: Path, *, arch: str = "swan", epochs: int = 50, bat
     elif resume:
         log.info("--resume: no checkpoint in %s, starting from scratch", outdir)
     ddp = wrap_model(model, ctx)
-    aug = _Augmenter(augment)
-    gen = torch.Generator().manual_seed(seed * 7919 + 17 + ctx.rank)
-    if ckpt is not None and "aug_generator" in state:
-        gen.set_state(state["aug_generator"][ctx.rank] if isinstance(state["aug_generator"], list)
-                      else state["aug_generator"])
+    from torch.utils.data import DataLoader
+
+    from cryovox.data.volumes import VolumeDataset
+
+    train_ds = VolumeDataset(store, "train", rotate=augment, seed=seed)
     if start_epoch == 0:
         first = _batch(store, train_rows[: max(batch_size, 4)]).to(dev)
         init_codebooks(model, first, torch.Generator().manual_seed(seed))
@@ -336,12 +318,14 @@ def run(corpus: Path, outdir: Path, *, arch: str = "swan", epochs: int = 50, bat
         model.train()
         for q in model.quantisers:
             q.reset_counts()
-        batches = _epoch_batches(train_rows, batch_size, seed, epoch, ctx)
+        batches = _epoch_batches(len(train_ds), batch_size, seed, epoch, ctx)
+        train_ds.set_epoch(epoch)
+        loader = DataLoader(train_ds, batch_sampler=batches, num_workers=workers)
         sums = torch.zeros(3, dtype=torch.float64)
         t0 = time.monotonic()
         with Progress(f"epoch {epoch + 1}/{epochs}", total=len(batches), enabled=progress and ctx.is_main) as bar:
-            for rows in batches:
-                x = aug(_batch(store, rows), gen).to(dev, non_blocking=True)
+            for x in loader:
+                x = x.to(dev, non_blocking=True)
                 with _autocast(dev, amp):
                     out = ddp(x)
                     rec = F.mse_loss(out.recon.float(), x)
@@ -349,9 +333,10 @@ def run(corpus: Path, outdir: Path, *, arch: str = "swan", epochs: int = 50, bat
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                sums += torch.tensor([float(rec.detach()), float(out.vq_loss.detach()), x.shape[0]], dtype=torch.float64) \
-                    * torch.tensor([x.shape[0], x.shape[0], 1], dtype=torch.float64)
-                bar.advance(1, loss=float(loss))
+                b = x.shape[0]
+                sums += torch.tensor([float(rec.detach()) * b, float(out.vq_loss.detach()) * b, b],
+                                     dtype=torch.float64)
+                bar.advance(1, loss=float(loss.detach()))
         sched.step()
         dt = time.monotonic() - t0
         t_train += dt
@@ -393,7 +378,7 @@ def run(corpus: Path, outdir: Path, *, arch: str = "swan", epochs: int = 50, bat
             save_checkpoint(outdir / f"weights.{epoch + 1}.pt", {
                 "config": cfg.as_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "epoch": epoch + 1, "history": history,
-                "rng": rng_state(), "aug_generator": gen.get_state(),
+                "rng": rng_state(),
                 "corpus": {"path": str(store.path), "apix": store.apix, "box": store.box},
             }, kind=SWAN_CKPT_KIND)
             _prune(outdir, "weights")
@@ -534,13 +519,12 @@ def run_diffusion(corpus: Path, outdir: Path, *, model: Path, epochs: int = 100,
     net = wrap_model(ddpm, ctx)
     x_all = ddpm.normalise(lat.to(dev))
     n = x_all.shape[0]
-    rows = np.arange(n)
     final = float("nan")
     log.info("train-swan diffusion: %d latents %s, U-Net base %d mults %s, T = %d", n, tuple(lat.shape[1:]), base,
              tuple(mults), timesteps)
     for epoch in range(start_epoch, epochs):
         ddpm.train()
-        batches = _epoch_batches(rows, batch_size, seed, epoch, ctx)
+        batches = _epoch_batches(n, batch_size, seed, epoch, ctx)
         sums = torch.zeros(2, dtype=torch.float64)
         t0 = time.monotonic()
         with Progress(f"diffusion epoch {epoch + 1}/{epochs}", total=len(batches),
@@ -553,7 +537,7 @@ def run_diffusion(corpus: Path, outdir: Path, *, model: Path, epochs: int = 100,
                 loss.backward()
                 opt.step()
                 sums += torch.tensor([float(loss) * len(b), len(b)], dtype=torch.float64)
-                bar.advance(1, loss=float(loss))
+                bar.advance(1, loss=float(loss.detach()))
         all_reduce_sum(sums, ctx)
         final = float(sums[0] / max(sums[1], 1))
         history.append({"epoch": epoch + 1, "loss": final, "seconds": round(time.monotonic() - t0, 2)})

@@ -18,7 +18,7 @@ import torch
 BOX = 16
 APIX = 5.0
 TRAIN_ARGS = ["--epochs", "2", "--batch-size", "4", "--width", "8", "--latent-dim", "8", "--codebook-size", "64",
-              "--no-augment", "--device", "cpu", "--seed", "3"]
+              "--device", "cpu", "--seed", "3"]
 
 
 def _blob_map(g: torch.Generator) -> np.ndarray:
@@ -145,7 +145,6 @@ def test_embed_neighbours_are_the_nearest_latent_vectors(trained, corpus, tmp_pa
 
 
 def test_generate_writes_maps_on_the_anchor_grid(trained, corpus, tmp_path, cli):
-    from cryovox.core.fsc import fsc, fsc_auc
     from cryovox.io.corpus import open_corpus
     from cryovox.io.mrc import read_map, write_map
     from cryovox.pipelines import swan_generate

@@ -223,7 +223,8 @@ class SwanAutoencoder(nn.Module):
         if x.dim() == 4:
             x = x[:, None]
         if x.dim() != 5 or x.shape[1] != 1 or not (x.shape[2] == x.shape[3] == x.shape[4] == self.cfg.box):
-            raise ValueError(f"expected (B, 1, {self.cfg.box}, {self.cfg.box}, {self.cfg.box}) maps, got {tuple(x.shape)}")
+            b = self.cfg.box
+            raise ValueError(f"expected (B, 1, {b}, {b}, {b}) maps, got {tuple(x.shape)}")
         return x
 
     def encode(self, x: Tensor) -> tuple[list[Tensor], list[QuantOut], Tensor | None]:
