@@ -12,7 +12,7 @@ import torch
 from cryovox.cli import main
 from cryovox.io.checkpoint import load_checkpoint, save_checkpoint
 from cryovox.io.particles import ParticleTable, read_particles, write_star
-from tests.models.hetero_data import make_two_state_set
+from tests.models.hetero_data import one_torch_thread, make_two_state_set  # noqa: F401 (autouse fixture)
 
 EPOCHS = 8
 TRAIN = ["--zdim", "2", "--batch-size", "32", "--basis", "4", "--device", "cpu", "--seed", "0"]
@@ -59,9 +59,10 @@ def test_checkpoint_describes_the_run(trained, data):
     assert f"epoch {EPOCHS - 1}/{EPOCHS - 1}: loss" in log
 
 
-def test_resume_continues_bit_for_bit(data, tmp_path):
+def test_resume_continues_bit_for_bit(tmp_path):
+    small = make_two_state_set(tmp_path / "data", box=16, n=64, snr=0.5)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    star = str(data["star"])
+    star = str(small["star"])
     assert main(["train-hetero", star, "-o", str(straight), "-n", "2", *TRAIN]) == 0
     assert main(["train-hetero", star, "-o", str(resumed), "-n", "1", *TRAIN]) == 0
     assert not (resumed / "weights.1.pt").exists()
