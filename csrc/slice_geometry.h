@@ -66,15 +66,28 @@ CVX_HD void slice_point(const T* R, T kx, T ky, int pad, int Dv, SlicePoint<T>& 
     }
     s.i0[1] += Dv / 2;
     s.i0[2] += Dv / 2;
+    const T wx[2] = {(T)1 - s.f[0], s.f[0]};
+    const T wy[2] = {(T)1 - s.f[1], s.f[1]};
+    const T wz[2] = {(T)1 - s.f[2], s.f[2]};
+    const bool interior = finite && s.i0[0] >= 0 && s.i0[0] + 1 < Dh && s.i0[1] >= 0 && s.i0[1] + 1 < Dv &&
+                          s.i0[2] >= 0 && s.i0[2] + 1 < Dv;
+    if (interior) {  // the common case: all 8 corners stored
+        const int64_t base = ((int64_t)s.i0[2] * Dv + s.i0[1]) * Dh + s.i0[0];
+        const int64_t plane = (int64_t)Dv * Dh;
+        s.valid = 0xFFu;
+        for (int c = 0; c < 8; ++c) {
+            const int dx = c & 1, dy = (c >> 1) & 1, dz = c >> 2;
+            s.w[c] = wx[dx] * wy[dy] * wz[dz];
+            s.idx[c] = base + dz * plane + dy * Dh + dx;
+        }
+        return;
+    }
     s.valid = 0;
     for (int c = 0; c < 8; ++c) {
         const int dx = c & 1, dy = (c >> 1) & 1, dz = c >> 2;
         const int ix = s.i0[0] + dx, iy = s.i0[1] + dy, iz = s.i0[2] + dz;
         const bool valid = finite && ix >= 0 && ix < Dh && iy >= 0 && iy < Dv && iz >= 0 && iz < Dv;
-        const T wx = dx ? s.f[0] : (T)1 - s.f[0];
-        const T wy = dy ? s.f[1] : (T)1 - s.f[1];
-        const T wz = dz ? s.f[2] : (T)1 - s.f[2];
-        s.w[c] = valid ? wx * wy * wz : (T)0;
+        s.w[c] = valid ? wx[dx] * wy[dy] * wz[dz] : (T)0;
         s.valid |= valid ? (1u << c) : 0u;
         s.idx[c] = valid ? ((int64_t)iz * Dv + iy) * Dh + ix : 0;
     }

@@ -13,10 +13,11 @@
 //
 // Parallelism and determinism: the forward and the per-image reductions (coeffs, rotation
 // gradients) are parallel over pixels / images and write disjoint outputs. The scatters
-// (basis / bias gradients, backprojection) bucket every (pixel, dz) contribution by the z plane
-// it writes to (a stable parallel counting sort), then threads own whole planes: no atomics,
-// no lost updates, and every voxel sums its contributions in ascending (image, pixel) order,
-// so results are bitwise identical run to run and for any number of threads.
+// (basis / bias gradients, backprojection) give each thread a slab of z planes it alone writes
+// (slabs balanced by a histogram of the work); every thread scans all items in order and applies
+// the corners in its slab: no atomics, no lost updates, and every voxel sums its contributions
+// in ascending (image, pixel) order, so results are bitwise identical run to run and for any
+// number of threads.
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -41,8 +42,8 @@ using host::Geometry;
 using host::real_mut_ptr;
 using host::real_ptr;
 
-// Items (image, pixel) handled by one scatter pass; bounds the bucket memory (8 bytes each, x2).
-constexpr int64_t kScatterItems = int64_t(1) << 22;
+// Items (image, pixel) handled by one scatter pass; bounds its memory (per item: geometry, 20-32 bytes).
+constexpr int64_t kScatterItems = int64_t(1) << 21;
 
 // Below this many (image, pixel) items a call runs on one thread: starting a parallel region
 // costs more than it saves, and on an oversubscribed machine it can cost far more.
@@ -107,7 +108,15 @@ CVX_INLINE void project_items(const Args<T>& a, T* out, int64_t begin, int64_t e
         SlicePoint<T> s;
         point(a, b, q, s);
         T re = 0, im = 0;
-        if (a.basis_t) {
+        if (a.basis_t && K == 1) {
+            T sr = 0, si = 0;
+            for (int c = 0; c < 8; ++c) {
+                sr += s.w[c] * a.basis_t[2 * s.idx[c]];
+                si += s.w[c] * a.basis_t[2 * s.idx[c] + 1];
+            }
+            re = a.coeffs[b] * sr;
+            im = a.coeffs[b] * si;
+        } else if (a.basis_t) {
             weighted_corners(a.basis_t, K2, s.idx, s.w, acc);
             const T* cf = a.coeffs + b * K;
             for (int64_t k = 0; k < K; ++k) {
@@ -151,13 +160,8 @@ void project_kernel(const Args<T>& a, T* out) {
 // grad_rot[b]: dL/dp_j = Re(conj(g') sum_c dw_c/df_j V_c), V_c = sum_k coeffs[b,k] basis[c,k] + bias[c],
 // p_j = s pad (R[0][j] kx + R[1][j] ky), s = -1 where the mate was sampled; g' = grad, conjugated there.
 template <typename T>
-CVX_INLINE void grads_image(const Args<T>& a, const T* grad, int64_t b, T* gc, T* gr, T* scratch) {
+CVX_INLINE void grads_image(const Args<T>& a, const T* grad, int64_t b, T* gc, T* gr, T* acc) {
     const int64_t K = a.g.K, K2 = 2 * K, img = a.g.D * a.g.Dimg_half;
-    // scratch: acc = sum_c w_c v_c (coeffs); d[j] = sum_c dw_c/df_j v_c, j = 0..2 (rotations)
-    T* acc = scratch;
-    T* d0 = scratch + K2;
-    T* d1 = scratch + 2 * K2;
-    T* d2 = scratch + 3 * K2;
     const bool basis = a.basis_t != nullptr;
     const T* cf = basis ? a.coeffs + b * K : nullptr;
     if (gc)
@@ -170,52 +174,52 @@ CVX_INLINE void grads_image(const Args<T>& a, const T* grad, int64_t b, T* gc, T
         SlicePoint<T> s;
         point(a, b, q, s);
         const T gre = gp[0], gim = s.flip ? -gp[1] : gp[1];
-        T dw[3][8];
-        if (gr)
-            for (int j = 0; j < 3; ++j)
-                for (int c = 0; c < 8; ++c) dw[j][c] = corner_weight_derivative<T>(s, c, j);
-        if (basis) {
-            // one pass over the 8 corners' K values, all accumulators at once (vectorisable axpys)
-            if (gc)
-                for (int64_t j = 0; j < K2; ++j) acc[j] = 0;
-            if (gr)
-                for (int64_t j = 0; j < K2; ++j) d0[j] = d1[j] = d2[j] = 0;
-            for (int c = 0; c < 8; ++c) {
+        T Vr[8], Vi[8];  // mixed corner values sum_k coeffs[b,k] basis[c,k] + bias[c] (0 outside)
+        if (gc)
+            for (int64_t j = 0; j < K2; ++j) acc[j] = 0;
+        for (int c = 0; c < 8; ++c) {
+            T vr = 0, vi = 0;
+            if (basis) {
                 const T* v = a.basis_t + K2 * s.idx[c];
                 if (gc) {
                     const T w = s.w[c];
                     for (int64_t j = 0; j < K2; ++j) acc[j] += w * v[j];
                 }
-                if (gr) {
-                    const T w0 = dw[0][c], w1 = dw[1][c], w2 = dw[2][c];
-                    for (int64_t j = 0; j < K2; ++j) {
-                        d0[j] += w0 * v[j];
-                        d1[j] += w1 * v[j];
-                        d2[j] += w2 * v[j];
-                    }
-                }
-            }
-            if (gc)
-                for (int64_t k = 0; k < K; ++k) gc[k] += gre * acc[2 * k] + gim * acc[2 * k + 1];
-        }
-        if (gr) {
-            const T sgn = s.flip ? (T)-1 : (T)1;
-            const T* dj[3] = {d0, d1, d2};
-            for (int j = 0; j < 3; ++j) {
-                T dr = 0, di = 0;
-                if (basis) {
+                if (gr)
                     for (int64_t k = 0; k < K; ++k) {
-                        dr += cf[k] * dj[j][2 * k];
-                        di += cf[k] * dj[j][2 * k + 1];
+                        vr += cf[k] * v[2 * k];
+                        vi += cf[k] * v[2 * k + 1];
                     }
+            }
+            if (gr && a.bias) {
+                vr += a.bias[2 * s.idx[c]];
+                vi += a.bias[2 * s.idx[c] + 1];
+            }
+            const bool inside = (s.valid >> c) & 1u;
+            Vr[c] = inside ? vr : (T)0;
+            Vi[c] = inside ? vi : (T)0;
+        }
+        if (gc)
+            for (int64_t k = 0; k < K; ++k) gc[k] += gre * acc[2 * k] + gim * acc[2 * k + 1];
+        if (gr) {
+            // derivatives of the trilinear interpolant in the cell: differences along one axis,
+            // weighted by the other two axes' weights (corner c = 4 dz + 2 dy + dx)
+            const T wx[2] = {(T)1 - s.f[0], s.f[0]}, wy[2] = {(T)1 - s.f[1], s.f[1]}, wz[2] = {(T)1 - s.f[2], s.f[2]};
+            T dr[3] = {0, 0, 0}, di[3] = {0, 0, 0};
+            for (int u = 0; u < 2; ++u)
+                for (int t = 0; t < 2; ++t) {
+                    const int cx = 4 * t + 2 * u, cy = 4 * t + u, cz = 2 * u + t;  // x: (dy=u, dz=t) ...
+                    const T ax = wy[u] * wz[t], ay = wx[u] * wz[t], az = wx[t] * wy[u];
+                    dr[0] += ax * (Vr[cx + 1] - Vr[cx]);
+                    di[0] += ax * (Vi[cx + 1] - Vi[cx]);
+                    dr[1] += ay * (Vr[cy + 2] - Vr[cy]);
+                    di[1] += ay * (Vi[cy + 2] - Vi[cy]);
+                    dr[2] += az * (Vr[cz + 4] - Vr[cz]);
+                    di[2] += az * (Vi[cz + 4] - Vi[cz]);
                 }
-                if (a.bias) {
-                    for (int c = 0; c < 8; ++c) {
-                        dr += dw[j][c] * a.bias[2 * s.idx[c]];
-                        di += dw[j][c] * a.bias[2 * s.idx[c] + 1];
-                    }
-                }
-                const T dLdp = sgn * (T)a.g.pad * (gre * dr + gim * di);
+            const T sgn = s.flip ? (T)-1 : (T)1;
+            for (int j = 0; j < 3; ++j) {
+                const T dLdp = sgn * (T)a.g.pad * (gre * dr[j] + gim * di[j]);
                 r6[j] += dLdp * (T)q.kx;
                 r6[3 + j] += dLdp * (T)q.ky;
             }
@@ -238,7 +242,7 @@ template <typename T>
 void gather_grads_kernel(const Args<T>& a, const T* grad, T* grad_coeffs, T* grad_rot) {
 #pragma omp parallel num_threads(num_threads(a.g.B * a.N))
     {
-        std::vector<T> scratch(8 * std::max<int64_t>(a.g.K, 1));  // 4 accumulators of 2K
+        std::vector<T> scratch(2 * std::max<int64_t>(a.g.K, 1));
 #pragma omp for schedule(dynamic, 1)
         for (int64_t b = 0; b < a.g.B; ++b)
             grads_image_c(a, grad, b, grad_coeffs ? grad_coeffs + b * a.g.K : nullptr,
@@ -260,18 +264,28 @@ struct ScatterOut {
     T* out_w;
 };
 
-// Contributions of entries [e0, e1) of one plane; entry = 2 * item + dz.
+// Geometry of one item kept between the passes of the scatter (computed once).
 template <typename T>
-CVX_INLINE void scatter_entries(const Args<T>& a, const ScatterOut<T>& o, const int64_t* entries, int64_t e0,
-                                int64_t e1, T* base) {
+struct ItemGeo {
+    T f[3];         // fractional position (x, y, z)
+    int32_t i0[3];  // array index of corner 0
+    uint8_t valid;  // inside-corner bits (corner c = 4 dz + 2 dy + dx)
+    uint8_t flip;   // Friedel mate sampled
+};
+
+// Contributions of items [lo, hi) (indices into geo, item = first + i) to the planes [z_lo, z_hi).
+template <typename T>
+CVX_INLINE void scatter_items(const Args<T>& a, const ScatterOut<T>& o, const ItemGeo<T>* geo, int64_t first,
+                              int64_t lo, int64_t hi, int32_t z_lo, int32_t z_hi, T* base) {
     const int64_t K = a.g.K, K2 = 2 * K, N = a.N, img = a.g.D * a.g.Dimg_half;
-    for (int64_t e = e0; e < e1; ++e) {
-        const int64_t it = entries[e] >> 1;
-        const int dz = (int)(entries[e] & 1);
+    const int64_t Dv = a.g.Dv, Dh = a.g.Dh;
+    for (int64_t i = lo; i < hi; ++i) {
+        const ItemGeo<T>& s = geo[i];
+        const int32_t z0 = s.i0[2];
+        if (z0 + 1 < z_lo || z0 >= z_hi || !s.valid) continue;
+        const int64_t it = first + i;
         const int64_t b = it / N;
         const Pixel q = a.px[it - b * N];
-        SlicePoint<T> s;
-        point(a, b, q, s);
         const T* vp = o.vals + 2 * (b * img + q.index);
         const T vr = vp[0], vi = s.flip ? -vp[1] : vp[1];
         const T wt = o.wts ? o.wts[b * img + q.index] : (T)1;
@@ -282,91 +296,104 @@ CVX_INLINE void scatter_entries(const Args<T>& a, const ScatterOut<T>& o, const 
                 base[2 * k + 1] = cf[k] * vi;
             }
         }
-        for (int c = 4 * dz; c < 4 * dz + 4; ++c) {
-            if (!((s.valid >> c) & 1u)) continue;
-            const int64_t v = s.idx[c];
-            const T w = s.w[c];
-            if (o.out_k) {
-                T* ok = o.out_k + K2 * v;
-                for (int64_t j = 0; j < K2; ++j) ok[j] += w * base[j];
+        const T wx[2] = {(T)1 - s.f[0], s.f[0]}, wy[2] = {(T)1 - s.f[1], s.f[1]}, wz[2] = {(T)1 - s.f[2], s.f[2]};
+        for (int dz = 0; dz < 2; ++dz) {
+            if (z0 + dz < z_lo || z0 + dz >= z_hi) continue;
+            const int64_t row0 = ((int64_t)(z0 + dz) * Dv + s.i0[1]) * Dh + s.i0[0];
+            for (int c4 = 0; c4 < 4; ++c4) {
+                const int c = 4 * dz + c4;
+                if (!((s.valid >> c) & 1u)) continue;
+                const int dx = c4 & 1, dy = c4 >> 1;
+                const T w = wx[dx] * wy[dy] * wz[dz];  // same product order as slice_point
+                const int64_t v = row0 + dy * Dh + dx;
+                if (o.out_k) {
+                    T* ok = o.out_k + K2 * v;
+                    for (int64_t j = 0; j < K2; ++j) ok[j] += w * base[j];
+                }
+                if (o.out_1) {
+                    o.out_1[2 * v] += w * vr;
+                    o.out_1[2 * v + 1] += w * vi;
+                }
+                if (o.out_w) o.out_w[v] += w * wt;
             }
-            if (o.out_1) {
-                o.out_1[2 * v] += w * vr;
-                o.out_1[2 * v + 1] += w * vi;
-            }
-            if (o.out_w) o.out_w[v] += w * wt;
         }
     }
 }
-CVX_CLONES void scatter_entries_c(const Args<float>& a, const ScatterOut<float>& o, const int64_t* en, int64_t e0,
-                                  int64_t e1, float* base) {
-    scatter_entries<float>(a, o, en, e0, e1, base);
+CVX_CLONES void scatter_items_c(const Args<float>& a, const ScatterOut<float>& o, const ItemGeo<float>* geo,
+                                int64_t first, int64_t lo, int64_t hi, int32_t z_lo, int32_t z_hi, float* base) {
+    scatter_items<float>(a, o, geo, first, lo, hi, z_lo, z_hi, base);
 }
-CVX_CLONES void scatter_entries_c(const Args<double>& a, const ScatterOut<double>& o, const int64_t* en, int64_t e0,
-                                  int64_t e1, double* base) {
-    scatter_entries<double>(a, o, en, e0, e1, base);
+CVX_CLONES void scatter_items_c(const Args<double>& a, const ScatterOut<double>& o, const ItemGeo<double>* geo,
+                                int64_t first, int64_t lo, int64_t hi, int32_t z_lo, int32_t z_hi, double* base) {
+    scatter_items<double>(a, o, geo, first, lo, hi, z_lo, z_hi, base);
 }
 
+// Deterministic parallel scatter. Pass 1 (parallel over items) stores each item's geometry and a
+// histogram of the z planes it writes. The planes are then cut into one contiguous slab per
+// thread with about equal work; in pass 2 every thread scans all items in ascending order and
+// applies only the corners in its own slab. Each voxel is written by one thread and receives its
+// contributions in ascending (image, pixel) order whatever the number of threads: bitwise
+// reproducible, no atomics, no lost updates. Items are processed in chunks to bound memory.
 template <typename T>
 void scatter_kernel(const Args<T>& a, const ScatterOut<T>& o) {
     const int64_t N = a.N, Dv = a.g.Dv, total = a.g.B * N;
     if (total == 0) return;
     const int T_ = num_threads(total);
     const int64_t per_chunk = std::max<int64_t>(1, kScatterItems / N) * N;  // whole images per pass
-    std::vector<int64_t> entries;
-    std::vector<int64_t> counts((size_t)T_ * Dv), offs((size_t)T_ * Dv), start(Dv + 1);
-    std::vector<int32_t> zfirst;
-    std::vector<uint8_t> zvalid;
+    std::vector<int64_t> counts((size_t)T_ * (Dv + 1));
+    std::vector<int32_t> cut(T_ + 1);
+    std::vector<ItemGeo<T>> geo;
     for (int64_t first = 0; first < total; first += per_chunk) {
         const int64_t last = std::min(total, first + per_chunk), n_items = last - first;
         const int64_t span = (n_items + T_ - 1) / T_;
+        geo.resize((size_t)n_items);
         std::fill(counts.begin(), counts.end(), 0);
-        zfirst.resize((size_t)n_items);
-        zvalid.resize((size_t)n_items);
-        // pass 1: first plane and inside-corners of every item; counts per (thread chunk, plane)
+        // pass 1: geometry of every item, and per-thread histograms of the planes written
 #pragma omp parallel for schedule(static, 1) num_threads(T_)
         for (int t = 0; t < T_; ++t) {
-            int64_t* cnt = counts.data() + (size_t)t * Dv;
+            int64_t* cnt = counts.data() + (size_t)t * (Dv + 1);
             const int64_t lo = first + t * span, hi = std::min(last, first + (t + 1) * span);
             for (int64_t it = lo; it < hi; ++it) {
                 const int64_t b = it / N;
                 SlicePoint<T> s;
                 point(a, b, a.px[it - b * N], s);
-                zfirst[it - first] = s.i0[2];
-                zvalid[it - first] = (uint8_t)s.valid;
-                if (s.valid & 0x0Fu) ++cnt[s.i0[2]];
-                if (s.valid & 0xF0u) ++cnt[s.i0[2] + 1];
+                ItemGeo<T>& gi = geo[it - first];
+                for (int j = 0; j < 3; ++j) {
+                    gi.f[j] = s.f[j];
+                    gi.i0[j] = s.i0[j];
+                }
+                gi.valid = (uint8_t)s.valid;
+                gi.flip = (uint8_t)s.flip;
+                if (s.valid & 0x0Fu) cnt[s.i0[2]] += 4;
+                if (s.valid & 0xF0u) cnt[s.i0[2] + 1] += 4;
             }
         }
-        // exclusive prefix over (plane, chunk): plane-major so each plane's entries are contiguous
-        int64_t run = 0;
+        // slabs of planes with about equal work (plus a scan cost per plane)
+        std::vector<int64_t> work(Dv);
+        int64_t all = 0;
         for (int64_t z = 0; z < Dv; ++z) {
-            start[z] = run;
-            for (int t = 0; t < T_; ++t) {
-                offs[(size_t)t * Dv + z] = run;
-                run += counts[(size_t)t * Dv + z];
-            }
+            int64_t w = 1;
+            for (int t = 0; t < T_; ++t) w += counts[(size_t)t * (Dv + 1) + z];
+            work[z] = w;
+            all += w;
         }
-        start[Dv] = run;
-        entries.resize((size_t)run);
-        // pass 2: fill, in item order within each chunk (a stable counting sort)
-#pragma omp parallel for schedule(static, 1) num_threads(T_)
-        for (int t = 0; t < T_; ++t) {
-            int64_t* off = offs.data() + (size_t)t * Dv;
-            const int64_t lo = first + t * span, hi = std::min(last, first + (t + 1) * span);
-            for (int64_t it = lo; it < hi; ++it) {
-                const int32_t z0 = zfirst[it - first];
-                const uint8_t valid = zvalid[it - first];
-                if (valid & 0x0Fu) entries[off[z0]++] = it * 2;
-                if (valid & 0xF0u) entries[off[z0 + 1]++] = it * 2 + 1;
-            }
+        cut[0] = 0;
+        int64_t run = 0;
+        int32_t z = 0;
+        for (int t = 1; t < T_; ++t) {
+            const int64_t target = all * t / T_;
+            while (z < Dv && run + work[z] <= target) run += work[z++];
+            cut[t] = z;
         }
-        // pass 3: each plane owned by one thread, its contributions in ascending item order
+        cut[T_] = (int32_t)Dv;
+        // pass 2: slab t (planes [cut[t], cut[t+1])) is applied by one thread, whatever the team size
 #pragma omp parallel num_threads(T_)
         {
             std::vector<T> base(2 * std::max<int64_t>(a.g.K, 1));
-#pragma omp for schedule(dynamic, 1)
-            for (int64_t z = 0; z < Dv; ++z) scatter_entries_c(a, o, entries.data(), start[z], start[z + 1], base.data());
+#pragma omp for schedule(static, 1)
+            for (int t = 0; t < T_; ++t)
+                if (cut[t] < cut[t + 1])
+                    scatter_items_c(a, o, geo.data(), first, 0, n_items, cut[t], cut[t + 1], base.data());
         }
     }
 }
