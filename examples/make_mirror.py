@@ -3,7 +3,10 @@
 
 Each entry is a symmetric assembly of copies of one PDB model (``/work/shared/data/models``
 or ``examples/data``): rings of ``m`` copies (C_m), stacked in ``L`` layers with every other
-layer flipped (D_m for two layers), so molecular weights span the 100–1500 kDa filter.
+layer flipped (D_m for two layers), ``m`` and ``L`` chosen for the most compact shape, so
+molecular weights span the 100–1500 kDa filter. A 1.5 MDa assembly is about 200–250 Å
+across: curate it into a 64³ box at 4 Å/px (or 32³ at 8 Å/px); for 32³ at 4 Å/px build
+with ``--max-kda 400``.
 The density of one copy comes from ``cryovox simulate map``
 (:func:`cryovox.pipelines.simulate.simulate_map`, cached per model and voxel size); copies
 are placed by rotating and shifting that map (cubic B-spline resampling,
@@ -52,7 +55,7 @@ EXPECTED_CATEGORY = {
     "poor_resolution": "resolution", "corrupt_gzip": "unreadable_map", "header_only": "no_map",
     "map_only": "no_header", "non_cubic": "non_cubic", "apix_mismatch": "header_mismatch",
 }
-MAX_RING_RADIUS = 110.0  # Å: more copies go into further layers
+MAX_PER_RING = 12
 PROTEIN_A3_PER_DA = 1.21
 
 
@@ -140,7 +143,7 @@ def placements(mono: Monomer, per_ring: int, layers: int, rng: np.random.Generat
     about z, odd layers flipped by a 2-fold about x, each copy perturbed a little."""
     from cryovox.core.rotations import rotvec_to_matrix
 
-    ring_r = 0.0 if per_ring == 1 else 1.1 * mono.rg / math.sin(math.pi / per_ring)
+    ring_r = ring_radius(per_ring, mono.rg)
     dz = 2.2 * mono.rg
     flip = np.diag([1.0, -1.0, -1.0])
     out = []
@@ -214,7 +217,7 @@ def plan(n_good: int, bad: bool, seed: int, models: list[Path], first_id: int = 
         copies = int(np.clip(round(target / mm), 2, 48))
         while copies * mm < 110:
             copies += 1
-        while copies > 1 and copies * mm > min(1450, max(max_kda, 1.1 * mm)):
+        while copies > 1 and copies * mm > min(1450, max(max_kda, 1.1 * mm)) / 1.1:  # room for _rings
             copies -= 1
         specs.append(Spec(f"EMD-{first_id + i}", str(model), copies, 0, 0, float(rng.uniform(0, 90)),
                           float(rng.uniform(3.5, 9.0)), float(rng.choice(apix_choices)), int(rng.integers(2**31))))
@@ -240,14 +243,27 @@ def plan(n_good: int, bad: bool, seed: int, models: list[Path], first_id: int = 
     return specs
 
 
+def ring_radius(per_ring: int, rg: float) -> float:
+    """Radius (Å) of a ring of ``per_ring`` copies whose neighbours sit 2.2 rg apart."""
+    return 0.0 if per_ring == 1 else 1.1 * rg / math.sin(math.pi / per_ring)
+
+
 def _rings(copies: int, rg: float) -> tuple[int, int]:
-    """(per_ring, layers) for ``copies`` copies with ring radius ≤ MAX_RING_RADIUS."""
-    if copies == 1:
-        return 1, 1
-    s = 1.1 * rg / MAX_RING_RADIUS
-    m_max = max(2, int(math.pi / math.asin(s))) if s < 1 else 2
-    layers = int(math.ceil(copies / m_max))
-    return int(math.ceil(copies / layers)), layers
+    """(per_ring, layers) for about ``copies`` copies (at most 10 % more): the most compact
+    stack of rings (smallest larger of width and height), at most MAX_PER_RING per ring."""
+    best = None
+    for layers in range(1, copies + 1):
+        per_ring = int(math.ceil(copies / layers))
+        if per_ring > MAX_PER_RING or per_ring * layers > copies + int(0.1 * copies):
+            continue  # at most 10 % more copies than asked for
+        width = 2 * (ring_radius(per_ring, rg) + 1.3 * rg)
+        height = (layers - 1) * 2.2 * rg + 2 * 1.3 * rg
+        key = (max(width, height), per_ring * layers)
+        if best is None or key < best[0]:
+            best = (key, per_ring, layers)
+        if per_ring == 1:
+            break
+    return best[1], best[2]
 
 
 def _write_map(path: Path, data: np.ndarray, apix: float, gz: bool) -> None:
@@ -269,7 +285,7 @@ def build_entry(spec: Spec, cache: MonomerCache) -> tuple[np.ndarray, dict]:
     _, r_max, rg = cache.geometry(Path(spec.model))
     spec.per_ring, spec.layers = _rings(spec.copies, rg)
     spec.copies = spec.per_ring * spec.layers
-    ring_r = 0.0 if spec.per_ring == 1 else 1.1 * rg / math.sin(math.pi / spec.per_ring)
+    ring_r = ring_radius(spec.per_ring, rg)
     reach = math.hypot(ring_r, (spec.layers - 1) * 1.1 * rg) + r_max + 6 * spec.apix
     if 2 * reach / spec.apix > MAX_BOX:  # keep maps small: coarser voxels for big assemblies
         spec.apix = math.ceil(8 * reach / MAX_BOX) / 4  # 0.25 Å steps: few distinct monomer maps
