@@ -30,9 +30,10 @@ def denoise_command(
     steps: int = typer.Option(1000, "--steps", help="Euler steps (paper: 1000; the public CryoFM code uses 200)."),
     samples: int = typer.Option(1, "--samples", help="Posterior samples; >1 also writes denoised_std.mrc."),
     zeta_max: float = typer.Option(5.0, "--zeta-max", help="Cap of the guidance weight min(ζ, t/(1−t))."),
-    guidance_scale: float = typer.Option(1.0, "--guidance-scale",
-                                         help="Multiplies the normalised likelihood gradient (≈2 matches CryoFM2's "
-                                              "lamb_base=1000 at 64³)."),
+    guidance_scale: Optional[float] = typer.Option(None, "--guidance-scale",
+                                                   help="Per-voxel size of the normalised likelihood gradient "
+                                                        "(default 1000/√(window voxels), the public CryoFM code's "
+                                                        "lamb_base=1000: 1.95 at 64³)."),
     no_backprop: bool = typer.Option(False, "--no-backprop",
                                      help="Gradient w.r.t. the clean estimate only (no backward pass through the "
                                           "network; ~3× faster, cruder)."),

@@ -134,7 +134,7 @@ def _particle_rotations(path: Path) -> Tensor:
 
 def run(half1: Path, half2: Path, *, prior: Path, outdir: Path, anisotropic: bool = False,
         particles: Path | None = None, halves: str = "average", steps: int = 1000, samples: int = 1,
-        zeta_max: float = 5.0, guidance_scale: float = 1.0, backprop: bool = True, batch_size: int = 4,
+        zeta_max: float = 5.0, guidance_scale: float | None = None, backprop: bool = True, batch_size: int = 4,
         overlap: int | None = None, seed: int = 0, device: str = "auto", save_samples: bool = False) -> DenoiseResult:
     """Denoise ``half1``/``half2`` into ``outdir`` (see module docstring)."""
     from cryovox.core.fsc import resolution_at

@@ -272,8 +272,9 @@ def run(corpus: Path, outdir: Path, *, arch: str = "unet", preset: str | None = 
                     sched.step()
                     ema.update(unwrap(net))
                     step += 1
-                    total += torch.tensor([float(loss) * len(rows), len(rows)], dtype=torch.float64, device=dev)
-                    bar.advance(1, loss=float(loss))
+                    value = float(loss.detach())
+                    total += torch.tensor([value * len(rows), len(rows)], dtype=torch.float64, device=dev)
+                    bar.advance(1, loss=value)
             all_reduce_sum(total, ctx)
             seconds = time.monotonic() - t0
             train_loss = float(total[0] / total[1].clamp_min(1))

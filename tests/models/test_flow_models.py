@@ -180,6 +180,9 @@ def gaussian_velocity(mu: float, s: float):
 
 
 def test_time_grid_and_guidance_weight():
+    from cryovox.models.flow.sampling import default_guidance_scale
+
+    assert default_guidance_scale(64 ** 3) == pytest.approx(1000 / 512)      # CryoFM2: lamb_base / ||g|| at 64³
     assert time_grid(4) == [1.0, 0.75, 0.5, 0.25, 0.0]
     assert guidance_weight(1.0) == 5.0 and guidance_weight(0.5) == 1.0
     assert guidance_weight(0.9, 5.0) == 5.0 and guidance_weight(0.2) == pytest.approx(0.25)
@@ -218,7 +221,8 @@ def test_likelihood_guidance_moves_samples_towards_the_data():
     x1 = torch.randn(16, 1, 6, 6, 6, generator=g, dtype=torch.float64)
     v = gaussian_velocity(1.0, 0.5)
     free = flow_sample(v, x1, steps=100)
-    guided = flow_sample(v, x1, steps=100, likelihood=lambda x0, t: ((x0 - y) ** 2).flatten(1).sum(1))
+    guided = flow_sample(v, x1, steps=100, guidance_scale=1.0,
+                         likelihood=lambda x0, t: ((x0 - y) ** 2).flatten(1).sum(1))
     err = lambda a: (a - y).pow(2).mean().item()          # data consistency
     assert err(guided) < 0.5 * err(free)
     # with a network, the gradient goes through it (backprop) or not; both guide
@@ -226,5 +230,6 @@ def test_likelihood_guidance_moves_samples_towards_the_data():
     torch.nn.init.normal_(net.conv_out.weight, std=0.01)
     x1 = x1[:2].contiguous()
     for bp in (True, False):
-        out = flow_sample(net, x1, steps=10, backprop=bp, likelihood=lambda x0, t: ((x0 - y) ** 2).flatten(1).sum(1))
+        out = flow_sample(net, x1, steps=10, backprop=bp, guidance_scale=1.0,
+                          likelihood=lambda x0, t: ((x0 - y) ** 2).flatten(1).sum(1))
         assert err(out) < err(flow_sample(net, x1, steps=10))
