@@ -28,7 +28,7 @@ def _random_inside(model: SFBPModel, seed: int) -> None:
     dec = model.decoder
     inside = dec._sphere3(dec.pad * dec.box)
     with torch.no_grad():
-        dec.basis.copy_(torch.randn(dec.basis.shape, generator=g) * inside[None, ..., None])
+        dec.basis.copy_(torch.randn(dec.basis.shape, generator=g) * inside[..., None, None])
         dec.bias.copy_(torch.randn(dec.bias.shape, generator=g) * inside[..., None])
 
 
@@ -93,8 +93,34 @@ def test_basis_features_recover_the_coefficients_of_noise_free_images():
     with torch.no_grad():
         dec = model.decoder
         clean = project(dec.basis_c(), s, dec.bias_c(), rot) * dec.scale_2d().float()
-        feats = model.basis_features({"image": clean * ctf, "ctf": ctf, "rot": rot})
+        feats = model.basis_features({"image": clean * ctf, "ctf": ctf, "rot": rot}, exact=True)
     np.testing.assert_allclose(feats[:, :K].numpy(), s.numpy(), atol=2e-3)
+
+
+def test_expected_information_is_the_orientation_average():
+    """The shell-Gram approximation of H equals the exact H averaged over many random orientations.
+
+    The basis volumes are transforms of compact densities (random, within a Gaussian envelope a
+    quarter of the box wide), smooth on the Fourier grid as molecules' are, so trilinear
+    interpolation keeps their power (for white Fourier noise it would remove 1 - (2/3)³ of it)."""
+    from cryovox.core.slicing import volume_to_fourier
+
+    box, K, B = 16, 3, 400
+    model = SFBPModel(box=box, apix=2.0, zdim=2, n_basis=K)
+    model.set_data_statistics(_stats(box))
+    g = torch.Generator().manual_seed(8)
+    k = torch.arange(box, dtype=torch.float64) - box // 2
+    env = torch.exp(-(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2) / (2 * (box / 8) ** 2))
+    vols = torch.randn(K, box, box, box, generator=g, dtype=torch.float64) * env
+    inside = model.decoder._sphere3(box)
+    with torch.no_grad():
+        model.decoder.basis_c().copy_(volume_to_fourier(vols, pad=1, gridding=False).to(torch.complex64) * inside)
+    rot = random_rotations(B, generator=g, dtype=torch.float32)
+    ctf = torch.ones(B, box, box // 2 + 1)
+    batch = {"image": torch.zeros(B, box, box // 2 + 1, dtype=torch.complex64), "ctf": ctf, "rot": rot}
+    exact = model.basis_features(batch, exact=True)[:, K:].exp().mean(0)     # 1 + mean diag H
+    approx = model.basis_features(batch)[:, K:].exp().mean(0)
+    np.testing.assert_allclose(approx.numpy(), exact.numpy(), rtol=0.05)
 
 
 def test_kl_matches_torch_distributions():

@@ -54,7 +54,7 @@ class BasisDecoder(nn.Module):
 
     box: image box ``D``; pad: volume oversampling (volume box ``pad · D``); radius: in image
     pixels. Parameters are stored as real ``(..., 2)`` views of the complex half volumes (so
-    that DDP and every optimizer see real tensors).
+    that DDP and every optimizer see real tensors); the basis voxel-major, ``(P, P, P//2+1, K, 2)``.
     """
 
     def __init__(self, box: int, zdim: int, n_basis: int = 16, width: int = 64, blocks: int = 2,
@@ -66,8 +66,10 @@ class BasisDecoder(nn.Module):
         self.coeffs = ResidualMLP(zdim, n_basis, width, blocks)
         inside = self._sphere3(P)
         g = torch.Generator().manual_seed(0x5FB9)  # init does not consume the global RNG stream
-        basis = torch.randn((n_basis, P, P, P // 2 + 1, 2), generator=g) * init_scale
-        self.basis = nn.Parameter(basis * inside[None, ..., None])
+        # voxel-major storage (P, P, P//2+1, K, 2): the K values of a voxel are adjacent, the layout
+        # the slicing kernels read without a copy (basis_c() is a (K, ...) view of it)
+        basis = torch.randn((P, P, P // 2 + 1, n_basis, 2), generator=g) * init_scale
+        self.basis = nn.Parameter(basis * inside[..., None, None])
         self.bias = nn.Parameter(torch.zeros(P, P, P // 2 + 1, 2))
         nshell = box // 2 + 1
         # σ̄(s) per image shell (whitening of the decoder output); set from the data
@@ -81,8 +83,24 @@ class BasisDecoder(nn.Module):
         r2 = k[:, None, None] ** 2 + k[None, :, None] ** 2 + kx[None, None, :] ** 2
         return r2 <= (self.pad * self.radius) ** 2
 
+    def _cached(self, name: str, make) -> Tensor:
+        key = (name, self.spectral_scale.device, self.spectral_scale._version)
+        cache = self.__dict__.setdefault("_grids", {})
+        if key not in cache:
+            for k in [k for k in cache if k[0] == name]:
+                del cache[k]
+            cache[key] = make()
+        return cache[key]
+
     def scale_2d(self) -> Tensor:
-        """(D, D//2+1) σ̄ at each half-image pixel (0 outside ``radius``)."""
+        """(D, D//2+1) σ̄ at each half-image pixel (0 outside ``radius``); cached."""
+        return self._cached("scale_2d", self._scale_2d)
+
+    def scale_3d(self) -> Tensor:
+        """(P, P, P//2+1) σ̄ at each volume sample (shell = radius / pad; 0 outside the sphere); cached."""
+        return self._cached("scale_3d", self._scale_3d)
+
+    def _scale_2d(self) -> Tensor:
         D = self.box
         idx = shell_index(D, 2, half=True, device=self.spectral_scale.device)
         k = torch.arange(D, device=idx.device, dtype=torch.float64) - D // 2
@@ -91,8 +109,7 @@ class BasisDecoder(nn.Module):
         s = self.spectral_scale[idx.clamp(max=D // 2)]
         return torch.where(inside, s, torch.zeros_like(s))
 
-    def scale_3d(self) -> Tensor:
-        """(P, P, P//2+1) σ̄ at each volume sample (shell = radius / pad; 0 outside the sphere)."""
+    def _scale_3d(self) -> Tensor:
         P = self.pad * self.box
         k = torch.arange(P, device=self.spectral_scale.device, dtype=torch.float64) - P // 2
         kx = torch.arange(P // 2 + 1, device=k.device, dtype=torch.float64)
@@ -106,10 +123,11 @@ class BasisDecoder(nn.Module):
         """``½ Σ prec · (Σ_k |V_k|² + |V_0|²)`` over the stored half volumes; prec ``(P, P, P//2+1)``
         already includes the Hermitian weights (a full-volume sum)."""
         b = self.basis
-        return 0.5 * ((b * b).sum((0, -1)) * prec).sum() + 0.5 * ((self.bias * self.bias).sum(-1) * prec).sum()
+        return 0.5 * ((b * b).sum((-2, -1)) * prec).sum() + 0.5 * ((self.bias * self.bias).sum(-1) * prec).sum()
 
     def basis_c(self) -> Tensor:
-        return torch.view_as_complex(self.basis)
+        """The basis as complex ``(K, P, P, P//2+1)`` (a view of the voxel-major parameter)."""
+        return torch.view_as_complex(self.basis).permute(3, 0, 1, 2)
 
     def bias_c(self) -> Tensor:
         return torch.view_as_complex(self.bias)
@@ -132,10 +150,14 @@ class BasisDecoder(nn.Module):
     def fourier(self, z: Tensor) -> Tensor:
         """Fourier volumes ``(n, P, P, P//2+1)`` complex (image units, zero outside the sphere)."""
         s = self.coefficients(z).to(self.basis.dtype)
-        P = self.pad * self.box
-        flat = torch.view_as_real(self.basis_c().reshape(self.n_basis, -1))  # (K, M, 2)
-        vol = torch.einsum("nk,kmc->nmc", s, flat).reshape(z.shape[0], P, P, P // 2 + 1, 2)
-        vol = torch.view_as_complex((vol + self.bias).contiguous())
+        n, K, P = z.shape[0], self.n_basis, self.pad * self.box
+        # Σ_k s_k V_k as one matrix product on the voxel-major storage, without copying the basis:
+        # (M, 2K) @ (2K, 2n) with the block matrix s ⊗ I₂ (real and imaginary parts kept apart)
+        eye = torch.eye(2, dtype=s.dtype, device=s.device)
+        mix = (s.t()[:, None, :, None] * eye[None, :, None, :]).reshape(2 * K, 2 * n)
+        out = self.basis.reshape(-1, 2 * K) @ mix                                 # (M, 2n)
+        out = out.reshape(-1, n, 2).transpose(0, 1) + self.bias.reshape(1, -1, 2)  # (n, M, 2)
+        vol = torch.view_as_complex(out).reshape(n, P, P, P // 2 + 1)
         return vol * self.scale_3d().to(vol.real.dtype)
 
     def volume(self, z: Tensor) -> Tensor:
@@ -146,6 +168,7 @@ class BasisDecoder(nn.Module):
         if self.pad != 1:
             o = P // 2 - D // 2
             vol = vol[..., o:o + D, o:o + D, o:o + D]
-        grid = slicing.gridding_correction(D, self.pad, 3, dtype=vol.dtype, device=vol.device)
-        return vol * grid
+        grid = self._cached("gridding", lambda: slicing.gridding_correction(
+            D, self.pad, 3, dtype=torch.float64, device=self.spectral_scale.device))
+        return vol * grid.to(vol.dtype)
 

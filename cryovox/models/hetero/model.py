@@ -146,7 +146,7 @@ class SFBPModel(HeteroModel):
             if (self.decoder.pad * self.box) % 2 == 0:
                 herm[-1] = 1.0
             std = torch.where(grid > 0, torch.sqrt(herm / grid.clamp(min=1e-30)), torch.zeros_like(grid))
-            self.decoder.basis.mul_(std.to(self.decoder.basis.dtype)[None, ..., None])
+            self.decoder.basis.mul_(std.to(self.decoder.basis.dtype)[..., None, None])
 
     def prepare(self, stats: dict[str, Tensor], consensus: Tensor | None = None, batches=None,
                 n_particles: int = 1) -> None:
@@ -198,28 +198,92 @@ class SFBPModel(HeteroModel):
             self._cache[key] = torch.where(shells >= 0, 1.0 / sd, torch.zeros_like(sd)).to(dtype)
         return self._cache[key]
 
-    def basis_features(self, batch: dict[str, Tensor]) -> Tensor:
+    def _shell_order(self, device) -> tuple[Tensor, Tensor, list[int]]:
+        """Volume samples inside the sphere sorted by shell: (flat indices, sqrt Hermitian weights, shell bounds)."""
+        key = ("order", str(device))
+        if key not in self._cache:
+            dec = self.decoder
+            P = dec.pad * dec.box
+            k = torch.arange(P, device=device, dtype=torch.float64) - P // 2
+            kx = torch.arange(P // 2 + 1, device=device, dtype=torch.float64)
+            r = torch.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + kx[None, None, :] ** 2) / dec.pad
+            herm = torch.full((P // 2 + 1,), 2.0, dtype=torch.float64, device=device)
+            herm[0] = 1.0
+            if P % 2 == 0:
+                herm[-1] = 1.0
+            herm = herm.expand(P, P, -1).reshape(-1)
+            shell = torch.round(r).long().reshape(-1)
+            inside = torch.nonzero(r.reshape(-1) <= dec.radius).reshape(-1)
+            order = inside[torch.argsort(shell[inside], stable=True)]
+            counts = torch.bincount(shell[order], minlength=self.box // 2 + 1)[: self.box // 2 + 1]
+            bounds = [0] + torch.cumsum(counts, 0).tolist()
+            self._cache[key] = (order, torch.sqrt(herm[order]), bounds)
+        return self._cache[key]
+
+    def shell_gram(self) -> Tensor:
+        """``(nshell, K, K)``: per shell, the mean over its samples of ``Re(conj W_k · W_l)`` (full-volume
+        mean, Hermitian weights, whitened units), where ``W_k`` is the transform of the density that
+        trilinear slices of ``V_k`` represent: ``rfft(irfft(V_k) · Π sinc²(n/P))`` (their mean power at
+        off-grid points; ``V_k`` itself would overstate it, by up to (3/2)³ for rough volumes)."""
+        from cryovox.core.fft import irfftn_c, rfftn_c
+
+        dec = self.decoder
+        P = dec.pad * dec.box
+        basis = dec.basis_c().detach()
+        grid = slicing.gridding_correction(P, 1, 3, dtype=basis.real.dtype, device=basis.device)
+        basis = rfftn_c(irfftn_c(basis, P, 3) * grid, 3)
+        order, sw, bounds = self._shell_order(basis.device)
+        V = basis.reshape(basis.shape[0], -1)[:, order] * sw.to(basis.real.dtype)
+        K, n = basis.shape[0], self.box // 2 + 1
+        G = torch.zeros(n, K, K, dtype=basis.real.dtype, device=basis.device)
+        for s in range(n):
+            a, b = bounds[s], bounds[s + 1]
+            if b > a:
+                Vs = V[:, a:b]
+                G[s] = (Vs.conj() @ Vs.transpose(0, 1)).real / float((sw[a:b] ** 2).sum())
+        return G
+
+    def basis_features(self, batch: dict[str, Tensor], exact: bool = False) -> Tensor:
         """Per particle, the posterior of the basis coefficients of a linear-Gaussian model, ``(B, 2K)``.
 
-        With ``A_k = CTF · σ̄ · P_R V_k`` and ``r = Y − CTF · σ̄ · P_R V_0``: ``g_k = ⟨A_k, r⟩``,
-        ``H_kl = ⟨A_k, A_l⟩`` (inner products weighted by ``w/σ²_n``); returns
-        ``[(H + I)⁻¹ g, log(1 + diag H)]`` (no gradient flows into the volumes).
+        With ``A_k = CTF · σ̄ · P_R V_k`` (the particle's slice of basis volume ``k``) and
+        ``r = Y − CTF · σ̄ · P_R V_0``: ``g_k = ⟨A_k, r⟩`` and ``H_kl = ⟨A_k, A_l⟩``, inner products
+        weighted by ``w/σ²_n`` (so ``g`` is the gradient of the log-likelihood with respect to the
+        coefficients at ``s = 0`` and ``H`` its Fisher information). Returns
+        ``[(H + I)⁻¹ g, log(1 + diag H)]``: the posterior mean of ``s`` under a ``N(0, I)`` prior and
+        the information per coefficient. No gradient flows into the volumes.
+
+        ``g`` is exact, computed in one fused pass (the gradient of ``project`` with respect to its
+        coefficients). ``H`` is, unless ``exact``, its expectation over orientations: per shell
+        ``s``, the particle's ``Σ_pixels w C² σ̄²/σ²_n`` times the basis volumes' mean Gram matrix in
+        that shell (:meth:`shell_gram`); ``exact`` projects every basis volume (K passes).
         """
+        y, rot = batch["image"], batch["rot"]
+        dec = self.decoder
+        cs = batch["ctf"] * dec.scale_2d().to(y.real.dtype)
+        inv, shells, _ = self._inv_var(y.device, y.real.dtype)
+        basis = dec.basis_c().detach()
+        with torch.enable_grad():
+            s0 = torch.zeros(y.shape[0], basis.shape[0], dtype=y.real.dtype, device=y.device, requires_grad=True)
+            out = slicing.project(basis, s0, dec.bias_c().detach(), rot, radius=dec.radius, pad=dec.pad)
+            q = (cs * inv * (y - cs * out)).detach()
+            g, = torch.autograd.grad((out.conj() * q).real.sum(), s0)
         with torch.no_grad():
-            y, rot = batch["image"], batch["rot"]
-            dec = self.decoder
-            cs = batch["ctf"] * dec.scale_2d().to(y.real.dtype)
-            inv, _, _ = self._inv_var(y.device, y.real.dtype)
-            r = y - cs * slicing.project_volume(dec.bias_c(), rot, radius=dec.radius, pad=dec.pad)
-            basis = dec.basis_c()
-            A = torch.stack([cs * slicing.project_volume(basis[k], rot, radius=dec.radius, pad=dec.pad)
-                             for k in range(basis.shape[0])], 1)                    # (B, K, D, H)
-            Aw = A.conj() * inv
-            g = (Aw * r[:, None]).real.sum((-2, -1))                                # (B, K)
-            H = torch.einsum("bkxy,blxy->bkl", Aw, A).real
+            if exact:
+                A = torch.stack([cs * slicing.project_volume(basis[k], rot, radius=dec.radius, pad=dec.pad)
+                                 for k in range(basis.shape[0])], 1)                # (B, K, D, H)
+                H = torch.einsum("bkxy,blxy->bkl", A.conj() * inv, A).real
+            else:
+                n = self.box // 2 + 1
+                wt = (cs * cs * inv).reshape(y.shape[0], -1)
+                idx = shells.reshape(-1)
+                keep = idx >= 0
+                c = torch.zeros(y.shape[0], n, dtype=wt.dtype, device=wt.device)
+                c.index_add_(1, idx[keep], wt[:, keep])
+                H = torch.einsum("bs,skl->bkl", c, self.shell_gram().to(c.dtype))
             H = 0.5 * (H + H.transpose(1, 2))
             eye = torch.eye(H.shape[-1], dtype=H.dtype, device=H.device)
-            s_hat = torch.linalg.solve(H + eye, g[..., None])[..., 0]
+            s_hat = torch.linalg.solve(H + eye, g.detach()[..., None])[..., 0]
             return torch.cat([s_hat, torch.log1p(H.diagonal(dim1=1, dim2=2).clamp(min=0))], 1)
 
     def encode(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
