@@ -4,7 +4,9 @@
 Builds a mirror of ``--entries`` EMDB-style entries (EMD-N/header|map/ tree, ``.map.gz``):
 assemblies from ``examples/make_mirror.py`` (1.6–2.4 Å/px) zero-padded to ``--size``³ voxels
 as EMDB maps are (solvent around the particle), then runs ``cryovox curate`` on it in a
-fresh output folder for each worker count and reports wall time, entries/s and samples/s.
+fresh output folder for each worker count and reports wall time, entries/s, samples/s and
+CPU seconds per entry (user + system of the command and its workers; the CPU figure is the
+one to compare on a shared, loaded machine).
 The stores of all runs are checked to be byte-identical (worker-count independence).
 
 Example: python benchmarks/bench_curate.py --entries 16 --size 200 --workers 1 2
@@ -16,6 +18,7 @@ import argparse
 import importlib.util
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -88,27 +91,32 @@ def main(argv: list[str] | None = None) -> int:
               f"{min(m['mass'] for m in made):.0f}–{max(m['mass'] for m in made):.0f} kDa "
               f"(built in {time.perf_counter() - t0:.0f} s)")
     exe = [sys.executable, "-m", "cryovox"]
+    load0 = os.getloadavg()[0]
     results = []
     for w in args.workers:
         out = work / f"corpus_w{w}"
         shutil.rmtree(out, ignore_errors=True)
         cmd = exe + ["curate", str(mirror), "-o", str(out), "--apix", str(args.apix), "--box", str(args.box),
                      "--rotations", str(args.rotations), "--workers", str(w), "--seed", str(args.seed)]
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         secs = time.perf_counter() - t0
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)  # all waited-for descendants
         if proc.returncode != 0:
             print(proc.stderr[-2000:])
             return 1
         import json
 
         info = json.loads((out / "corpus.json").read_text())
-        results.append((w, secs, info["n_entries"], info["n_samples"], file_sha256(out / "volumes.npy")))
+        results.append((w, secs, info["n_entries"], info["n_samples"], file_sha256(out / "volumes.npy"), cpu))
     print(f"\ncryovox curate, {args.entries} entries of {args.size}³ → box {args.box} at {args.apix:g} Å/px, "
           f"{args.rotations} rotations; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
-    print(f"{'workers':>8} {'wall s':>8} {'entries/s':>10} {'samples/s':>10}")
-    for w, secs, n_e, n_s, _ in results:
-        print(f"{w:>8} {secs:>8.1f} {n_e / secs:>10.2f} {n_s / secs:>10.2f}")
+    print(f"load average before the runs: {load0:.1f} (on {os.cpu_count()} CPUs)")
+    print(f"{'workers':>8} {'wall s':>8} {'entries/s':>10} {'samples/s':>10} {'CPU s/entry':>12}")
+    for w, secs, n_e, n_s, _, cpu in results:
+        print(f"{w:>8} {secs:>8.1f} {n_e / secs:>10.2f} {n_s / secs:>10.2f} {cpu / max(n_e, 1):>12.2f}")
     if len(results) > 1:
         base = results[0][1]
         for w, secs, *_ in results[1:]:
