@@ -42,16 +42,26 @@ TFS_PY = TFS_VENV / "bin" / "python"
 
 # ---------------------------------------------------------------------------------- helpers
 CLOCK = time.perf_counter  # --clock cpu: time.process_time (CPU seconds of all threads)
+DEVICE = "cpu"
+
+
+def _sync() -> None:
+    if DEVICE.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(DEVICE)
 
 
 def _time(fn, repeat: int, warmup: bool = True) -> float:
     """Best time of ``repeat`` calls (seconds)."""
     if warmup:
         fn()
+        _sync()
     best = float("inf")
     for _ in range(repeat):
         t0 = CLOCK()
         fn()
+        _sync()
         best = min(best, CLOCK() - t0)
     return best
 
@@ -75,8 +85,9 @@ def _data(box: int, K: int, B: int, seed: int = 0, voxel_major: bool = False):
         basis = torch.randn(box, box, box // 2 + 1, K, dtype=torch.complex64, generator=g).permute(3, 0, 1, 2)
     else:
         basis = torch.randn(K, box, box, box // 2 + 1, dtype=torch.complex64, generator=g)
-    coeffs = torch.randn(B, K, generator=g)
-    q = torch.randn(B, 4, generator=g)
+    basis = basis.to(DEVICE)
+    coeffs = torch.randn(B, K, generator=g).to(DEVICE)
+    q = torch.randn(B, 4, generator=g).to(DEVICE)
     q = q / q.norm(dim=1, keepdim=True)
     w, x, y, z = q.unbind(1)
     rot = torch.stack([
@@ -111,9 +122,10 @@ def _tfs_worker(spec: str) -> None:
     import torch
     from torch_fourier_slice import extract_central_slices_rfft_3d, extract_central_slices_rfft_3d_multichannel
 
-    global CLOCK
+    global CLOCK, DEVICE
     a = json.loads(spec)
     CLOCK = time.process_time if a.get("clock") == "cpu" else time.perf_counter
+    DEVICE = a.get("device", "cpu")
     if a.get("threads"):
         torch.set_num_threads(a["threads"])
 
@@ -134,7 +146,7 @@ def _run_tfs(box, K, B, repeat, warmup, threads) -> dict | None:
     if not TFS_PY.exists():
         return None
     spec = json.dumps({"box": box, "K": K, "B": B, "repeat": repeat, "warmup": warmup, "threads": threads,
-                       "clock": "cpu" if CLOCK is time.process_time else "wall"})
+                       "clock": "cpu" if CLOCK is time.process_time else "wall", "device": DEVICE})
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     res = subprocess.run([str(TFS_PY), str(Path(__file__).resolve()), "--tfs-worker", spec],
                          capture_output=True, text=True, env=env)
@@ -174,6 +186,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="wall time, or CPU time of the process (less sensitive to a busy machine)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (kernels, reference and tfs alike)")
+    p.add_argument("--peak-gbs", type=float,
+                   help="memory bandwidth of the device in GB/s: adds the kernel's %% of this roofline")
     p.add_argument("--ref-mem-gb", type=float, default=3.0, help="memory cap for the reference's batch")
     p.add_argument("--no-reference", action="store_true")
     p.add_argument("--no-tfs", action="store_true")
@@ -191,20 +206,23 @@ def main(argv=None) -> int:
     from cryovox.core import _ext
     from cryovox.core._slicing_ref import project_ref
 
-    global CLOCK
+    global CLOCK, DEVICE
     CLOCK = time.process_time if a.clock == "cpu" else time.perf_counter
+    DEVICE = a.device
     boxes = a.boxes or ([32, 64] if a.quick else [64, 128, 256])
     ks = a.ks or [1, 16]
     B = a.batch or (64 if a.quick else 256)
     if a.threads:
         torch.set_num_threads(a.threads)
-    if not _ext.available("cpu"):
-        print("compiled kernels not built (pip install --no-build-isolation -e .)")
+    if not _ext.available(DEVICE):
+        print(f"compiled kernels for {DEVICE} not built (pip install --no-build-isolation -e .)")
         return 1
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
                platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
     print(f"# {time.strftime('%Y-%m-%d %H:%M')}  {cpu}  cores={os.cpu_count()}  torch threads="
           f"{torch.get_num_threads()}  torch {torch.__version__}  load avg {os.getloadavg()[0]:.1f}")
+    if DEVICE.startswith("cuda"):
+        print(f"# device {torch.cuda.get_device_name(DEVICE)}")
     print(f"# B={B}, complex64, pad 1, radius D/2, {a.clock} clock; slices/s (effective GB/s); "
           "ratio = kernel speed-up; backward = grads of basis, coeffs and rotations")
     tfs_ok = TFS_PY.exists() and not a.no_tfs
@@ -244,6 +262,8 @@ def main(argv=None) -> int:
                     return f"{B / t:10.1f} ({nbytes / t / 1e9:6.2f})"
 
                 line = f"{box:>4} {K:>3} {name:>8} | {cell(tk[i])} |"
+                if a.peak_gbs:
+                    line = line[:-1] + f"{100 * nbytes / tk[i] / 1e9 / a.peak_gbs:5.1f}% of peak |"
                 if tr is not None:
                     line += f" {cell(tr[i])}{'*' if rb < B else ' '} {tr[i] / tk[i]:6.1f}x"
                 else:

@@ -177,6 +177,25 @@ CVX_INLINE void grads_image(const Args<T>& a, const T* grad, int64_t b, T* gc, T
         T Vr[8], Vi[8];  // mixed corner values sum_k coeffs[b,k] basis[c,k] + bias[c] (0 outside)
         if (gc)
             for (int64_t j = 0; j < K2; ++j) acc[j] = 0;
+        if (basis && K == 1) {  // the common single-volume case without the K loops
+            T ar = 0, ai = 0;
+            const T c0 = cf[0];
+            for (int c = 0; c < 8; ++c) {
+                const T* v = a.basis_t + 2 * s.idx[c];
+                ar += s.w[c] * v[0];
+                ai += s.w[c] * v[1];
+                const bool inside = (s.valid >> c) & 1u;
+                Vr[c] = inside ? c0 * v[0] : (T)0;
+                Vi[c] = inside ? c0 * v[1] : (T)0;
+            }
+            if (gc) acc[0] = ar, acc[1] = ai;
+            if (gr && a.bias)
+                for (int c = 0; c < 8; ++c) {
+                    const bool inside = (s.valid >> c) & 1u;
+                    Vr[c] += inside ? a.bias[2 * s.idx[c]] : (T)0;
+                    Vi[c] += inside ? a.bias[2 * s.idx[c] + 1] : (T)0;
+                }
+        } else
         for (int c = 0; c < 8; ++c) {
             T vr = 0, vi = 0;
             if (basis) {
