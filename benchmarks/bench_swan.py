@@ -78,13 +78,16 @@ def build_corpus(args, log) -> Path:
 
 def train_archs(args, corpus: Path, log) -> dict[str, dict]:
     out = {}
-    for arch in args.archs:
-        d = Path(args.workdir) / f"ae_{arch}"
+    for spec in args.archs:
+        arch, _, depth = spec.partition(":")  # "rq:2" = the RQ baseline with depth 2
+        d = Path(args.workdir) / (f"ae_{arch}" + (f"-d{depth}" if depth else ""))
         if not (d / "metrics.json").exists():
             cmd = [*cryovox(), "train-swan", corpus, "-o", d, "--arch", arch, "--epochs", args.epochs,
                    "--batch-size", args.batch_size, "--width", args.width, "--latent-dim", args.latent_dim,
                    "--codebook-size", args.codebook_size, "--seed", args.seed, "--device", args.device,
                    "--resume" if d.exists() else "--force"]
+            if depth:
+                cmd += ["--rq-depth", depth]
             if not args.augment:
                 cmd.append("--no-augment")
             if args.amp:
@@ -92,8 +95,21 @@ def train_archs(args, corpus: Path, log) -> dict[str, dict]:
             sh(cmd, log)
         else:
             log.append(f"(reused {d}/metrics.json)")
-        out[arch] = json.loads((d / "metrics.json").read_text())
+        out[spec] = json.loads((d / "metrics.json").read_text())
     return out
+
+
+def codes_per_map(cfg: dict) -> int:
+    """Code indices that describe one map (the bits a model spends), from its config."""
+    lat = cfg["box"] // 4
+    if cfg["arch"] == "vq":
+        return lat**3
+    if cfg["arch"] == "rq":
+        return cfg["rq_depth"] * lat**3
+    n = sum(min(s, lat) ** 3 for s in cfg["fine_scales"])
+    if cfg["arch"] == "swan":
+        n += sum(min(s, lat // 2) ** 3 for s in cfg["coarse_scales"])
+    return n
 
 
 def embed(args, corpus: Path, log) -> dict:
@@ -235,7 +251,7 @@ def main() -> None:
     p.add_argument("--apix", type=float, default=6.0)
     p.add_argument("--rotations", type=int, default=3)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--archs", nargs="+", default=list(ARCHS))
+    p.add_argument("--archs", nargs="+", default=list(ARCHS), help="archs to train; rq:N = RQ with depth N")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--width", type=int, default=16)
@@ -285,13 +301,18 @@ def main() -> None:
                      f"{split_entries['val']}/{split_entries['test']}. Training: {args.epochs} epochs, batch "
                      f"{args.batch_size}, width {args.width}, code length {args.latent_dim}, codebook "
                      f"{args.codebook_size} per level, augmentation {'on' if args.augment else 'off'}, seed {args.seed}.\n")
-        lines.append("| arch | params | test PSNR (dB) | FSC-0.5 (Å) | FSC-AUC | IoU | F1 | codebook usage train (test) | train maps/s |")
-        lines.append("|---|---|---|---|---|---|---|---|---|")
+        lines.append("| arch | params | codes/map | test PSNR (dB) | FSC-0.5 (Å) | FSC-AUC | IoU | F1 | "
+                     "codebook usage train (test) | train maps/s |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
         for arch, m in res.items():
+            arch = arch if ":" not in arch else f"rq (depth {arch.split(':')[1]})"
+            if arch == "rq":
+                arch = f"rq (depth {m['config']['rq_depth']})"
             t = m["test"]
             use = ", ".join(f"{c['usage']:.0%}" for c in m["codebook_train"])
             use_t = ", ".join(f"{c['usage']:.0%}" for c in m["codebook_test"])
-            lines.append(f"| {arch} | {m['parameters'] / 1e6:.2f} M | {t['psnr']:.2f} | {t['fsc05_A']:.1f} | "
+            lines.append(f"| {arch} | {m['parameters'] / 1e6:.2f} M | {codes_per_map(m['config'])} | "
+                         f"{t['psnr']:.2f} | {t['fsc05_A']:.1f} | "
                          f"{t['fsc_auc']:.3f} | {t['iou']:.3f} | {t['f1']:.3f} | {use} ({use_t}) | "
                          f"{m.get('train_maps_per_s') or 0:.1f} |")
             print(lines[-1])

@@ -179,6 +179,8 @@ class TrainSwanResult:
     maps_per_second: float = 0.0
 
     def summary(self) -> str:
+        if not self.metrics:  # a rank ≥ 1 process of a torchrun job: rank 0 evaluates and writes
+            return f"train-swan {self.arch}: {self.epochs} epochs done on this process; rank 0 writes the results"
         m = self.metrics.get("test", {})
         usage = ", ".join(f"{c['usage']:.0%}" for c in self.metrics.get("codebook_train", []))
         return (f"train-swan {self.arch}: {self.epochs} epochs; {self.metrics.get('split', 'test')} PSNR "
@@ -294,6 +296,7 @@ def run(corpus: Path, outdir: Path, *, arch: str = "swan", epochs: int = 50, bat
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        sched.T_max = epochs  # a larger --epochs stretches the cosine from where it is
         start_epoch, history = int(state["epoch"]), list(state["history"])
         set_rng_state(state["rng"][ctx.rank] if isinstance(state["rng"], list) else state["rng"])
         log.info("resuming from %s (epoch %d)", ckpt, start_epoch)
