@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+from cryovox.core._slicing_ref import project_ref
 from cryovox.core.fft import rfftn_c
 from cryovox.core.rotations import euler_to_matrix, random_rotations
 from cryovox.core.slicing import (
@@ -35,11 +36,10 @@ def blobs(box: int, seed: int, n: int = 6, rmax: float = 0.2, sigma=(1.5, 2.2)):
 
 
 def blob_volume(box, centres, sig, amp):
+    """Σ_n a_n exp(-|r - c_n|² / 2σ_n²) sampled on the [z, y, x] grid (separable per blob)."""
     ax = torch.arange(box, dtype=F64) - box // 2
-    z, y, x = torch.meshgrid(ax, ax, ax, indexing="ij")
-    r = torch.stack([x, y, z], -1)
-    d2 = ((r[..., None, :] - centres) ** 2).sum(-1)  # (D, D, D, n)
-    return (amp * torch.exp(-d2 / (2 * sig**2))).sum(-1)
+    g = torch.exp(-((ax[None, None, :] - centres[:, :, None]) ** 2) / (2 * sig[:, None, None] ** 2))  # (n, 3, D)
+    return torch.einsum("n,nz,ny,nx->zyx", amp, g[:, 2], g[:, 1], g[:, 0])
 
 
 def blob_projections(box, centres, sig, amp, rot):
@@ -90,18 +90,19 @@ def test_central_slice_equals_fft_of_projection_on_grid_rotations(box, pad):
 @pytest.mark.parametrize("box", [32, 33, 64])
 def test_central_slice_equals_fft_of_projection_general_rotations(box):
     # Off-grid rotations: trilinear interpolation at pad 2 is accurate to ~2 % here (aliases
-    # of relative size (r / 2D)² remain after the sinc² correction); the error falls as pad⁻².
+    # of relative size (r / 2D)² remain after the sinc² correction); the error falls as pad⁻²
+    # (pad 3: (2/3)² = 0.44 of the pad-2 error).
     centres, sig, amp = blobs(box, seed=box + 1)
     rot = random_rotations(4, torch.Generator().manual_seed(box))
     vol = blob_volume(box, centres, sig, amp)
     direct = rfftn_c(blob_projections(box, centres, sig, amp, rot), 2)
     m = disc(box)
     err = {}
-    for pad, grid in [(2, False), (2, True), (4, True)]:
+    for pad, grid in [(2, False), (2, True), (3, True)]:
         err[pad, grid] = rel_err(project_volume(volume_to_fourier(vol, pad, grid), rot, pad=pad), direct, m)
     assert err[2, True] < 2.5e-2
     assert err[2, True] < 0.8 * err[2, False]          # the gridding correction helps
-    assert err[4, True] < err[2, True] / 3             # second-order convergence in pad
+    assert err[3, True] < err[2, True] / 1.8           # second-order convergence in pad
 
 
 def test_volume_fourier_round_trip_and_gridding():
@@ -176,5 +177,7 @@ def test_gradcheck_reference():
     bias = torch.randn(D, D, D // 2 + 1, dtype=torch.complex128, generator=g).requires_grad_()
     coeffs = torch.randn(B, K, dtype=F64, generator=g).requires_grad_()
     rot = random_rotations(B, g).requires_grad_()
-    assert torch.autograd.gradcheck(lambda a, c, b, r: project(a, c, b, r), (basis, coeffs, bias, rot),
+    # the pure-PyTorch reference itself (the API may route to the compiled kernels, checked in
+    # test_slicing_kernels.py against this reference)
+    assert torch.autograd.gradcheck(lambda a, c, b, r: project_ref(a, c, b, r, D / 2, 1), (basis, coeffs, bias, rot),
                                     eps=1e-6, atol=1e-7, fast_mode=True)
