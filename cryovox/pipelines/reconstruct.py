@@ -253,6 +253,8 @@ def reconstruct(particles: Path | str, outdir: Path | None = None, *, datadir: P
     from cryovox.pipelines import fsc as fsc_pipeline
 
     path = Path(particles)
+    if batch_size < 1:
+        raise InputError(f"--batch-size {batch_size}: must be at least 1")
     table = read_particles(path, datadir=datadir, poses=poses, ctf=ctf, apix=apix)
     if max_particles is not None:
         if max_particles < 1:

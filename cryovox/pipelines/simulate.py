@@ -252,6 +252,8 @@ def simulate_particles(maps: Sequence[Path | str], outdir: Path, *, n: int, snr:
 
     if n < 1:
         raise InputError(f"-n {n}: the number of particles must be at least 1")
+    if batch_size < 1:
+        raise InputError(f"--batch-size {batch_size}: must be at least 1")
     if not (snr > 0):
         raise InputError(f"--snr {snr}: the SNR must be > 0 (inf for noise-free images)")
     lo, hi = (float(v) for v in defocus)
