@@ -7,6 +7,7 @@ this process and returns (exit code, stdout, stderr).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,16 @@ def cli(capsys):
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread_per_xdist_worker():
+    """Under ``pytest -n N`` each worker gets one intra-op thread (N workers on N cores).
+
+    Tests of thread safety set their own thread counts explicitly.
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+    yield
