@@ -102,7 +102,10 @@ def simulate_map(model: Path | str, *, apix: float, box: int, resolution: float 
     st = read_model(model)
     com = center_of_mass(st)
     origin = com - (box // 2) * apix
-    fine, blur = rasterize_potential(st, box, apix, origin, oversample, name=str(model))
+    # The fine grid's centre sample (index box·oversample // 2) must land on coarse voxel box // 2
+    # after the Fourier crop; for odd boxes that is half a voxel below the cube's middle.
+    fine_origin = origin + ((box // 2) - box / 2) * apix
+    fine, blur = rasterize_potential(st, box, apix, fine_origin, oversample, name=str(model))
     vol = fourier_crop(torch.from_numpy(fine), box, 3)
     vol = _fourier_filter_volume(vol, apix, unblur=blur, bfactor=bfactor, resolution=resolution)
     data = vol.to(torch.float32).numpy()

@@ -330,3 +330,15 @@ def test_particles_bad_input_exit_2_nothing_written(cli, tmp_path):
         res = cli("simulate", "particles", *args, "-n", 5, "--snr", 1, "-o", out)
         assert_one_line_error(res)
         assert not out.exists()
+
+
+@pytest.mark.parametrize("box", [32, 33])
+def test_simulated_map_is_centred_for_even_and_odd_boxes(box):
+    """The density's centroid sits on voxel box // 2 (odd boxes were half a voxel off)."""
+    from cryovox.pipelines.simulate import simulate_map
+
+    sim = simulate_map(DEMO_MODEL, apix=2.0, box=box)
+    d = np.clip(sim.data.astype(np.float64), 0, None)
+    idx = np.indices(d.shape)
+    centroid = np.array([(idx[i] * d).sum() / d.sum() for i in range(3)])
+    np.testing.assert_allclose(centroid, box // 2, atol=0.1)
