@@ -20,11 +20,12 @@ def train_hetero_command(
     model: str = typer.Option("sfbp", "--model", help="Model: sfbp (structural-basis VAE, sparse Fourier "
                                                       "backpropagation)."),
     n_basis: int = typer.Option(16, "--basis", help="Number of Fourier basis volumes K."),
-    batch_size: int = typer.Option(128, "--batch-size", help="Particles per step (per process)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Particles per step (per process)."),
     lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate of the encoder and the coefficient MLP."),
     basis_lr: float = typer.Option(1e-2, "--basis-lr", help="Adam learning rate of the basis volumes (whitened "
                                                            "units, see the documentation)."),
-    beta: float = typer.Option(1.0, "--beta", help="Weight of the KL term (1 = the ELBO)."),
+    beta: Optional[float] = typer.Option(None, "--beta", help="Weight of the KL term (1 = the ELBO; default "
+                                                          "1/(2·zdim), cryoDRGN's effective weight)."),
     enc_width: int = typer.Option(256, "--enc-dim", help="Width of the encoder MLP."),
     enc_layers: int = typer.Option(3, "--enc-layers", help="Hidden layers of the encoder MLP."),
     dec_width: int = typer.Option(64, "--dec-dim", help="Width of the residual MLP s(z)."),

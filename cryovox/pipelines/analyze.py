@@ -61,12 +61,18 @@ def _scatter_png(path: Path, xy: np.ndarray, labels: np.ndarray | None, xlabel: 
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(5.5, 5), dpi=120)
-        size = max(1.0, min(12.0, 4000.0 / max(1, len(xy))))
+        size = max(2.0, min(12.0, 20000.0 / max(1, len(xy))))
         if labels is None:
             ax.scatter(xy[:, 0], xy[:, 1], s=size, alpha=0.5, lw=0, color="C0")
         else:
-            sc = ax.scatter(xy[:, 0], xy[:, 1], s=size, alpha=0.6, lw=0, c=labels, cmap="tab20")
-            fig.colorbar(sc, ax=ax, label="k-means class", fraction=0.046, pad=0.04)
+            from matplotlib.colors import BoundaryNorm
+
+            k = int(labels.max()) + 1
+            cmap = plt.get_cmap("tab20" if k > 10 else "tab10", k)
+            norm = BoundaryNorm(np.arange(k + 1) - 0.5, k)
+            sc = ax.scatter(xy[:, 0], xy[:, 1], s=size, alpha=0.6, lw=0, c=labels, cmap=cmap, norm=norm)
+            cb = fig.colorbar(sc, ax=ax, label="k-means class", fraction=0.046, pad=0.04)
+            cb.set_ticks(np.arange(k) if k <= 20 else np.linspace(0, k - 1, 11).round())
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=9)

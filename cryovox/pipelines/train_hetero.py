@@ -3,8 +3,10 @@
 The loop is model-agnostic (see :mod:`cryovox.models`): each batch of the
 :class:`~cryovox.data.particles.ParticleDataset` goes through the model's ``forward`` (its
 loss), Adam steps, and the posterior means are collected. Before the first epoch the model
-gets the data's spectral statistics (:func:`cryovox.models.hetero.loss.data_spectra`, over up to
-``stats_particles`` particles chosen with ``seed``).
+is prepared from up to ``init_particles`` particles chosen with ``seed``
+(:func:`prepare_model`): their spectra (:func:`cryovox.models.hetero.loss.data_spectra`) and,
+with ``init="consensus"``, a Wiener reconstruction of them made as ``cryovox reconstruct``
+makes its map (:func:`cryovox.pipelines.reconstruct.wiener_maps`).
 
 Outputs in OUTDIR, per epoch ``N`` (0-based, as cryoDRGN numbers them):
 ``weights.N.pt`` (checkpoint: ``kind``, model ``config`` and weights, optimizer, epoch, RNG
@@ -140,8 +142,8 @@ def _write_z(outdir: Path, epoch: int, z: np.ndarray, logvar: np.ndarray) -> Non
 
 
 def train_hetero(particles: Path | str, outdir: Path, *, zdim: int = 8, epochs: int = 20, model: str = "sfbp",
-                 model_options: dict[str, Any] | None = None, batch_size: int = 128, lr: float = 1e-4,
-                 beta: float = 1.0, datadir: Path | None = None, poses: Path | None = None,
+                 model_options: dict[str, Any] | None = None, batch_size: int = 64, lr: float = 1e-3,
+                 beta: float | None = None, datadir: Path | None = None, poses: Path | None = None,
                  ctf: Path | None = None, resume: bool = False, device: str = "auto", seed: int = 0,
                  num_workers: int = 0, window: float = 0.85, preload: bool | None = None,
                  init: str = "consensus", init_particles: int = INIT_PARTICLES,
@@ -152,7 +154,10 @@ def train_hetero(particles: Path | str, outdir: Path, *, zdim: int = 8, epochs: 
     kind registered in :data:`cryovox.models.MODELS`; model_options: its constructor options
     besides ``box``, ``apix``, ``zdim`` (for ``sfbp``: ``n_basis``, ``basis_lr`` (taken out for
     the optimizer), ``enc_width``, ``enc_layers``, ``dec_width``, ``dec_blocks``, ``pad``, ``radius``,
-    ``encoder_input``); lr: Adam learning rate of the networks; beta: KL weight; preload: read all
+    ``encoder_input``); lr: Adam learning rate of the networks; beta: KL weight (default
+    ``1 / (2 zdim)``: cryoDRGN's ``β = 1/zdim`` on its per-pixel mean squared error of unit-variance
+    images is this weight relative to the Gaussian log-likelihood; ``β = 1`` is the ELBO, whose
+    pull towards the prior delays the latent from picking up weak heterogeneity); preload: read all
     images into memory (default: when they take at most 2 GB); init: ``consensus`` starts the
     model from a Wiener reconstruction of up to ``init_particles`` particles (for sfbp: ``V_0``
     and the noise spectrum from its residuals), ``none`` from the data spectra only; force: an earlier run's epoch
@@ -170,7 +175,9 @@ def train_hetero(particles: Path | str, outdir: Path, *, zdim: int = 8, epochs: 
     from cryovox.utils.progress import Progress
 
     options = dict(model_options or {})
-    basis_lr = options.pop("basis_lr", None)
+    basis_lr = options.pop("basis_lr", 1e-2)
+    if beta is None:
+        beta = 1.0 / (2 * max(1, zdim))
     _check_options(zdim, epochs, batch_size, lr, beta, dict(options, basis_lr=basis_lr))
     if init not in INITS:
         raise InputError(f"--init {init}: expected one of {', '.join(INITS)}")

@@ -101,8 +101,8 @@ def test_expected_information_is_the_orientation_average():
     """The shell-Gram approximation of H equals the exact H averaged over many random orientations.
 
     The basis volumes are transforms of compact densities (random, within a Gaussian envelope a
-    quarter of the box wide), smooth on the Fourier grid as molecules' are, so trilinear
-    interpolation keeps their power (for white Fourier noise it would remove 1 - (2/3)³ of it)."""
+    quarter of the box wide), as molecules are; the share of their power that trilinear slices
+    keep comes from a consensus volume of the same extent (set_bias_from_map)."""
     from cryovox.core.slicing import volume_to_fourier
 
     box, K, B = 16, 3, 400
@@ -115,6 +115,8 @@ def test_expected_information_is_the_orientation_average():
     inside = model.decoder._sphere3(box)
     with torch.no_grad():
         model.decoder.basis_c().copy_(volume_to_fourier(vols, pad=1, gridding=False).to(torch.complex64) * inside)
+    consensus = torch.randn(box, box, box, generator=g, dtype=torch.float64) * env
+    model.set_bias_from_map(consensus)
     rot = random_rotations(B, generator=g, dtype=torch.float32)
     ctf = torch.ones(B, box, box // 2 + 1)
     batch = {"image": torch.zeros(B, box, box // 2 + 1, dtype=torch.complex64), "ctf": ctf, "rot": rot}

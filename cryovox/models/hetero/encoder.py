@@ -1,17 +1,21 @@
-"""Encoder of the structural-basis VAE: particle image → posterior ``(mu, logvar)`` of ``z``.
+"""Encoder of the structural-basis VAE: particle → posterior ``(mu, logvar)`` of ``z``.
 
-Input. The particle's windowed image, re-centred by its known shift (the dataset applies the
-shift as a phase ramp), is prepared in Fourier space as the SFBP paper does: phase-flipped
-(multiplied by the sign of its CTF, so that particles from different defocus groups look
-alike; ``encoder_input="raw"`` skips this), whitened (divided by ``σ_n(|k|)``, the noise
-amplitude per shell, so the noise is white with unit variance per Fourier sample) and
-restricted to frequencies ``|k| <= enc_radius``. The spectrum is then cropped to a box of
-``d = 2 · ceil(enc_radius)`` (at most ``D``) and transformed back: a ``d × d`` real image with
-unit-variance noise per pixel. Limiting the frequencies keeps the noise-only pixels of high
-resolution out of the encoder (the paper's ``encoder_mask_resolution``).
+An MLP (``layers`` hidden layers of ``width``, ReLU, cryoDRGN's encoder layout) maps a feature
+vector to ``2 · zdim`` outputs, the posterior mean and log-variance. Its input (the model's
+``enc_features``) is one or both of:
 
-Network: an MLP from the ``d²`` pixels through ``layers`` hidden layers of ``width`` (ReLU) to
-``2 · zdim`` outputs: the posterior mean and log-variance (cryoDRGN's encoder layout).
+* ``basis`` (the default): the posterior of the basis coefficients of the linear model
+  ``Y ≈ CTF · (P V_0 + Σ_k s_k P V_k)`` for this particle at its known pose
+  (:meth:`cryovox.models.hetero.model.SFBPModel.basis_features`): ``2K`` numbers that already
+  account for the pose, the CTF and the noise, so the network does not have to learn to undo
+  them (this is not in the SFBP paper; it is the linear-Gaussian posterior that 3D variability
+  analysis computes, used as input to the amortised encoder);
+* ``image``: the particle image as the SFBP paper prepares it: re-centred by its known shift,
+  phase-flipped (multiplied by the sign of its CTF; ``encoder_input="raw"`` skips this),
+  whitened (divided by ``σ_n(|k|)``, the noise amplitude per shell) and restricted to
+  frequencies ``|k| <= enc_radius`` (the paper's ``encoder_mask_resolution``); the spectrum is
+  cropped to a box of ``d = 2 · ceil(enc_radius)`` and transformed back: ``d²`` real pixels with
+  unit-variance noise.
 """
 
 from __future__ import annotations

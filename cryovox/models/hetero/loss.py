@@ -1,4 +1,4 @@
-"""Objective of the structural-basis VAE: spectrally weighted Gaussian likelihood + KL.
+"""Objective of the structural-basis VAE: spectrally weighted Gaussian likelihood, KL and a prior.
 
 Likelihood (RELION-4 style). For particle ``i`` with centred image transform ``Y_i`` (half
 layout), CTF ``C_i`` and predicted slice ``X_i = σ̄ · P_{R_i} g(z_i)``::
@@ -7,18 +7,27 @@ layout), CTF ``C_i`` and predicted slice ``X_i = σ̄ · P_{R_i} g(z_i)``::
 
 ``w_k`` are the Hermitian weights of the half layout (:func:`cryovox.core.spectral.hermitian_weights`),
 so the sum runs over the full image transform; ``σ²_n(s)`` is the noise power in shell ``s``
-per Fourier sample (RELION's σ²_noise spectrum). It starts as the mean image power
-``⟨|Y|²⟩(s)`` (RELION's initial noise estimate; an upper bound when signal is present) and is
-replaced after every epoch by the mean residual power ``⟨|Y − C X|²⟩(s)`` of that epoch
-(summed over all processes), as RELION re-estimates it each iteration. Constant terms
-(``log 2π σ²``) are left out.
+per Fourier sample (RELION's σ²_noise spectrum), estimated before training as the mean power
+per shell of the residuals ``Y − C · P V_cons`` against a consensus (Wiener) reconstruction of
+the same particles, as RELION estimates it from the residuals of its reference (without a
+consensus, ``--init none``: the mean image power, an upper bound). It stays fixed during
+training, so losses of different epochs compare. Constant terms (``log 2π σ²``) are left out.
 
 Spectral normalisation: ``σ̄²(s) = ⟨|Y|²⟩(s) / ⟨C²⟩(s)``, the mean image power over the mean
-squared CTF in shell ``s`` (both averaged over the same particles and samples), measured once
-on the data before training; the decoder's output is multiplied by ``σ̄`` (see the decoder).
+squared CTF in shell ``s`` (both averaged over the same particles and Fourier samples inside
+the radius), measured once on the data before training; the decoder's output is multiplied
+by ``σ̄`` (see the decoder), so its voxels are in "whitened" units of order one.
 
 KL of the posterior ``N(mu, diag exp(logvar))`` from ``N(0, I)``:
-``½ Σ_j (mu_j² + exp(logvar_j) − 1 − logvar_j)``. The loss is ``mean_i (nll_i + β kl_i)``.
+``½ Σ_j (mu_j² + exp(logvar_j) − 1 − logvar_j)``.
+
+Prior on the volumes (MAP for the shared parameters): in whitened units the signal power per
+voxel of shell ``s`` is ``τ̃²(s) = 1 − σ²_n(s) / ⟨|Y|²⟩(s)`` (the data's signal fraction,
+clamped to ``[1e-4, 1]``); ``½ Σ |V|² / τ̃²`` over ``V_0`` and all ``V_k`` is added once per
+data set, i.e. divided by the number of particles in each particle's loss. It keeps the basis
+from fitting noise at resolutions where the data have little signal.
+
+The loss of a batch is ``mean_i (nll_i + β kl_i) + prior / N``.
 """
 
 from __future__ import annotations

@@ -1,9 +1,14 @@
 """The structural-basis VAE with sparse Fourier backpropagation (``kind = "sfbp"``).
 
 Encoder (:mod:`.encoder`) → ``z`` (reparameterised during training, ``mu`` otherwise) →
-coefficients ``s(z)`` → central slice of ``Σ_k s_k V_k + V_0`` at the particle's pose
-(:mod:`.decoder`) → times its CTF → spectrally weighted Gaussian likelihood against the
-particle's centred image transform, plus β·KL (:mod:`.loss`).
+coefficients ``s(z) = tanh(MLP(z))`` → central slice of ``Σ_k s_k V_k + V_0`` at the particle's
+pose (:mod:`.decoder`, :func:`cryovox.core.slicing.project`) → times its CTF → spectrally
+weighted Gaussian likelihood against the particle's centred image transform, plus β·KL and the
+volumes' prior (:mod:`.loss`).
+
+Before training (:meth:`SFBPModel.prepare`, called by ``train-hetero``): the data spectra set
+the spectral normalisation; a consensus map starts ``V_0``; the residuals against it give the
+noise spectrum; the signal fraction gives the prior and the scale of the random initial basis.
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ class SFBPModel(HeteroModel):
         self.register_buffer("data_power", torch.ones(nshell))
         self.register_buffer("prior_prec", torch.zeros(nshell))    # 1/τ̃²(s); 0: no prior
         self.register_buffer("n_data", torch.ones(()))
+        self.register_buffer("interp_gain", torch.ones(nshell))
         self._cache: dict[tuple, Tensor] = {}
 
     def config(self) -> dict[str, Any]:
@@ -103,6 +109,7 @@ class SFBPModel(HeteroModel):
         v = torch.where(scale > 0, vol_ft / scale.clamp(min=1e-30), torch.zeros_like(vol_ft))
         with torch.no_grad():
             self.decoder.bias.copy_(torch.view_as_real(v.to(torch.complex64)))
+        self.set_interpolation_gain(v)
 
     def noise_from_residuals(self, batches) -> None:
         """σ²_n(s) ← mean power per shell of ``Y − CTF · slice(V_0)`` over ``batches`` (RELION's
@@ -220,27 +227,44 @@ class SFBPModel(HeteroModel):
             self._cache[key] = (order, torch.sqrt(herm[order]), bounds)
         return self._cache[key]
 
-    def shell_gram(self) -> Tensor:
-        """``(nshell, K, K)``: per shell, the mean over its samples of ``Re(conj W_k · W_l)`` (full-volume
-        mean, Hermitian weights, whitened units), where ``W_k`` is the transform of the density that
-        trilinear slices of ``V_k`` represent: ``rfft(irfft(V_k) · Π sinc²(n/P))`` (their mean power at
-        off-grid points; ``V_k`` itself would overstate it, by up to (3/2)³ for rough volumes)."""
+    def _shell_power(self, vol: Tensor) -> Tensor:
+        """Mean per shell of ``|V|²`` over the samples inside the sphere: ``(…, P, P, P//2+1)`` → ``(…, nshell)``."""
+        order, sw, bounds = self._shell_order(vol.device)
+        v = vol.reshape(*vol.shape[:-3], -1)[..., order]
+        p = (v.real ** 2 + v.imag ** 2) * (sw ** 2).to(v.real.dtype)
+        return torch.stack([p[..., a:b].sum(-1) / (sw[a:b] ** 2).sum().to(p.dtype) if b > a
+                            else p.new_zeros(p.shape[:-1]) for a, b in zip(bounds[:-1], bounds[1:])], -1)
+
+    def set_interpolation_gain(self, vol_ft: Tensor) -> None:
+        """``interp_gain(s)``: the power per shell of ``rfft(irfft(V) · Π sinc²(n/P))`` over that of ``V``
+        for a representative volume ``V`` (the consensus): the mean power that trilinear slices of a
+        volume of that extent keep, used by :meth:`shell_gram`."""
         from cryovox.core.fft import irfftn_c, rfftn_c
 
+        P = self.decoder.pad * self.box
+        grid = slicing.gridding_correction(P, 1, 3, dtype=torch.float64, device=vol_ft.device)
+        seen = rfftn_c(irfftn_c(vol_ft.to(torch.complex128), P, 3) * grid, 3)
+        raw, kept = self._shell_power(vol_ft.to(torch.complex128)), self._shell_power(seen)
+        gain = torch.where(raw > 0, kept / raw.clamp(min=1e-300), torch.ones_like(raw)).clamp(0.0, 1.0)
+        with torch.no_grad():
+            self.interp_gain.copy_(gain.to(self.interp_gain.dtype))
+
+    def shell_gram(self) -> Tensor:
+        """``(nshell, K, K)``: per shell, the mean over its samples of ``Re(conj V_k · V_l)`` (full-volume
+        mean, Hermitian weights, whitened units) times ``interp_gain`` (the share of that power that
+        trilinear slices keep at off-grid points; :meth:`set_interpolation_gain`)."""
         dec = self.decoder
-        P = dec.pad * dec.box
         basis = dec.basis_c().detach()
-        grid = slicing.gridding_correction(P, 1, 3, dtype=basis.real.dtype, device=basis.device)
-        basis = rfftn_c(irfftn_c(basis, P, 3) * grid, 3)
         order, sw, bounds = self._shell_order(basis.device)
         V = basis.reshape(basis.shape[0], -1)[:, order] * sw.to(basis.real.dtype)
         K, n = basis.shape[0], self.box // 2 + 1
         G = torch.zeros(n, K, K, dtype=basis.real.dtype, device=basis.device)
+        gain = self.interp_gain.to(basis.real.dtype)
         for s in range(n):
             a, b = bounds[s], bounds[s + 1]
             if b > a:
                 Vs = V[:, a:b]
-                G[s] = (Vs.conj() @ Vs.transpose(0, 1)).real / float((sw[a:b] ** 2).sum())
+                G[s] = (Vs.conj() @ Vs.transpose(0, 1)).real * (gain[s] / float((sw[a:b] ** 2).sum()))
         return G
 
     def basis_features(self, batch: dict[str, Tensor], exact: bool = False) -> Tensor:
