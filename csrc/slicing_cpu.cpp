@@ -94,19 +94,44 @@ CVX_INLINE void weighted_corners(const T* basis_t, int64_t K2, const int64_t* id
     }
 }
 
+// Prefetch `bytes` bytes from p (a basis row of one voxel, or two adjacent voxels).
+CVX_INLINE void prefetch_bytes(const void* p, int64_t bytes, bool write) {
+#if defined(__GNUC__)
+    const char* c = static_cast<const char*>(p);
+    for (int64_t off = 0; off < bytes; off += 64) {
+        if (write)
+            __builtin_prefetch(c + off, 1);
+        else
+            __builtin_prefetch(c + off, 0);
+    }
+#else
+    (void)p, (void)bytes, (void)write;
+#endif
+}
+
 // ----- forward: items [begin, end) of the flattened (image, pixel) range
 template <typename T>
 CVX_INLINE void project_items(const Args<T>& a, T* out, int64_t begin, int64_t end, T* acc) {
     const int64_t K = a.g.K, K2 = 2 * K, N = a.N, img = a.g.D * a.g.Dimg_half;
     int64_t b = begin / N, n = begin - b * N;
+    // software pipeline: the next item's corners are prefetched while this one is summed
+    // (with K > 1 each corner is 8K bytes of basis, usually outside the caches)
+    SlicePoint<T> nxt;
+    if (begin < end) point(a, b, a.px[n], nxt);
     for (int64_t it = begin; it < end; ++it, ++n) {
         if (n == N) {
             n = 0;
             ++b;
         }
         const Pixel q = a.px[n];
-        SlicePoint<T> s;
-        point(a, b, q, s);
+        const SlicePoint<T> s = nxt;
+        if (it + 1 < end) {
+            const int64_t n1 = n + 1 == N ? 0 : n + 1, b1 = n + 1 == N ? b + 1 : b;
+            point(a, b1, a.px[n1], nxt);
+            if (a.basis_t && K > 1)
+                for (int c = 0; c < 8; c += 2)  // corners c, c+1 are adjacent voxels
+                    prefetch_bytes(a.basis_t + K2 * nxt.idx[c], 2 * K2 * (int64_t)sizeof(T), false);
+        }
         T re = 0, im = 0;
         if (a.basis_t && K == 1) {
             T sr = 0, si = 0;
@@ -119,6 +144,7 @@ CVX_INLINE void project_items(const Args<T>& a, T* out, int64_t begin, int64_t e
         } else if (a.basis_t) {
             weighted_corners(a.basis_t, K2, s.idx, s.w, acc);
             const T* cf = a.coeffs + b * K;
+#pragma omp simd reduction(+ : re, im)
             for (int64_t k = 0; k < K; ++k) {
                 re += cf[k] * acc[2 * k];
                 im += cf[k] * acc[2 * k + 1];
@@ -167,12 +193,18 @@ CVX_INLINE void grads_image(const Args<T>& a, const T* grad, int64_t b, T* gc, T
     if (gc)
         for (int64_t k = 0; k < K; ++k) gc[k] = 0;
     T r6[6] = {0, 0, 0, 0, 0, 0};
+    SlicePoint<T> nxt;
+    if (a.N > 0) point(a, b, a.px[0], nxt);
     for (int64_t n = 0; n < a.N; ++n) {
         const Pixel q = a.px[n];
+        const SlicePoint<T> s = nxt;
+        if (n + 1 < a.N) {  // prefetch the next pixel's corners (see project_items)
+            point(a, b, a.px[n + 1], nxt);
+            if (basis && K > 1)
+                for (int c = 0; c < 8; c += 2) prefetch_bytes(a.basis_t + K2 * nxt.idx[c], 2 * K2 * (int64_t)sizeof(T), false);
+        }
         const T* gp = grad + 2 * (b * img + q.index);
         if (gp[0] == (T)0 && gp[1] == (T)0) continue;
-        SlicePoint<T> s;
-        point(a, b, q, s);
         const T gre = gp[0], gim = s.flip ? -gp[1] : gp[1];
         T Vr[8], Vi[8];  // mixed corner values sum_k coeffs[b,k] basis[c,k] + bias[c] (0 outside)
         if (gc)
@@ -204,11 +236,13 @@ CVX_INLINE void grads_image(const Args<T>& a, const T* grad, int64_t b, T* gc, T
                     const T w = s.w[c];
                     for (int64_t j = 0; j < K2; ++j) acc[j] += w * v[j];
                 }
-                if (gr)
+                if (gr) {
+#pragma omp simd reduction(+ : vr, vi)
                     for (int64_t k = 0; k < K; ++k) {
                         vr += cf[k] * v[2 * k];
                         vi += cf[k] * v[2 * k + 1];
                     }
+                }
             }
             if (gr && a.bias) {
                 vr += a.bias[2 * s.idx[c]];
@@ -301,6 +335,17 @@ CVX_INLINE void scatter_items(const Args<T>& a, const ScatterOut<T>& o, const It
     for (int64_t i = lo; i < hi; ++i) {
         const ItemGeo<T>& s = geo[i];
         const int32_t z0 = s.i0[2];
+        if (o.out_k && K > 1 && i + 2 < hi) {  // prefetch (for writing) the rows item i+2 updates
+            const ItemGeo<T>& s2 = geo[i + 2];
+            for (int dz = 0; dz < 2; ++dz) {
+                const int32_t z = s2.i0[2] + dz;
+                if (z < z_lo || z >= z_hi || s2.i0[1] < 0 || s2.i0[1] + 1 >= Dv || s2.i0[0] < 0 || s2.i0[0] + 1 >= Dh)
+                    continue;
+                const int64_t row = ((int64_t)z * Dv + s2.i0[1]) * Dh + s2.i0[0];
+                prefetch_bytes(o.out_k + K2 * row, 2 * K2 * (int64_t)sizeof(T), true);
+                prefetch_bytes(o.out_k + K2 * (row + Dh), 2 * K2 * (int64_t)sizeof(T), true);
+            }
+        }
         if (z0 + 1 < z_lo || z0 >= z_hi || !s.valid) continue;
         const int64_t it = first + i;
         const int64_t b = it / N;

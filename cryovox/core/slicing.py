@@ -38,13 +38,25 @@ the ``ky > 0`` half by Friedel symmetry) lands twice in both data and weight: th
 data / weight is unchanged, a Wiener constant added to the weight acts half as strongly there.
 Callers that want RELION's counting zero that half-column (``images[..., :D//2, 0] = 0`` and
 the same for ``weights``). (3) RELION's volumes carry a margin of voxels so that
-``floor(p) + 1`` never leaves the array; cryovox treats such neighbours as zero (they only
-matter at ``|p| >= Dv / 2``, beyond the default radius for ``x``; for ``y, z`` at exactly Nyquist).
+``floor(p) + 1`` never leaves the array; cryovox treats such neighbours as zero. This only
+touches samples within one voxel of the volume's Nyquist (``p.x >= Dv / 2``, or ``p.y``,
+``p.z >= Dv / 2 - 1`` for even ``Dv``, whose grid has no ``+Dv / 2`` plane), i.e. the image's
+last frequency shell at ``pad = 1`` and its Nyquist at ``pad = 2``.
 
-Trilinear interpolation at ``pad = 2`` is an approximation: the sinc² correction removes its
-mean attenuation, but aliases of relative size ~ ``(r / Dv)²`` (``r`` = distance of the density
-from the centre) remain. Measured against exact projections (tests/core/test_slicing.py):
-see the tolerances there.
+Accuracy: trilinear interpolation is exact at grid points (rotations that permute axes: the
+slice equals the FFT of the real-space projection to < 1e-6 in the tests) and an approximation
+elsewhere: the sinc² correction removes its mean attenuation, but aliases of relative size
+~ ``(r / Dv)²`` (``r`` = distance of the density from the centre) remain. Against exact
+projections of Gaussian blobs within ``D / 5`` of the centre (boxes 32, 33, 64, random poses)
+the relative error is ~2 % at ``pad = 2`` and ~0.8 % at ``pad = 3`` (tests/core/test_slicing.py).
+
+Kernels
+-------
+With the compiled extension (``csrc/``, built by ``pip install --no-build-isolation -e .``)
+the CPU ops are C++/OpenMP, deterministic: the scatters (basis/bias gradients, backprojection)
+give each thread its own slab of z planes, so every voxel sums in ascending (image, pixel)
+order for any thread count. The CUDA ops (where built) accumulate with atomics: reproducible
+to rounding, not bitwise. Without the extension everything runs on the reference (one warning).
 """
 
 from __future__ import annotations
