@@ -185,7 +185,8 @@ def run_denoise(maps, apix, prior, out, args, levels, amp=None, label="denoise")
                 t0 = time.time()
                 res = denoise.run(d / "h1.mrc", d / "h2.mrc", prior=args.prior, outdir=d / name, anisotropic=aniso,
                                   steps=args.steps, samples=args.samples, backprop=not args.no_backprop,
-                                  guidance_scale=args.guidance_scale, halves=args.halves, seed=i, device=args.device)
+                                  guidance_scale=args.guidance_scale, halves=args.halves, seed=i, device=args.device,
+                                  guidance=args.guidance)
                 est = torch.from_numpy(read_map(res.output).data).double()
                 row[name] = auc(est, truth)
                 row[f"{name}_s"] = time.time() - t0
@@ -383,8 +384,9 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--samples", type=int, default=1)
     p.add_argument("--halves", default="average")
-    p.add_argument("--guidance-scale", type=float, default=None)
+    p.add_argument("--guidance-scale", type=float, default=1.0)
     p.add_argument("--no-backprop", action="store_true")
+    p.add_argument("--guidance", default="gradient", help="denoise guidance: gradient (Alg. 1) | wiener")
     p.add_argument("--abinitio-maps", type=int, default=2)
     p.add_argument("--abinitio-steps", type=int, default=None)
     p.add_argument("--search-every", type=int, default=10)

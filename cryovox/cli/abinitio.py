@@ -26,9 +26,9 @@ def abinitio_command(
                                             help="Weight of the density-outside-the-particle penalty."),
     stop_gradient: bool = typer.Option(False, "--stop-gradient",
                                        help="Do not backpropagate through the network (cheaper)."),
-    guidance_scale: Optional[float] = typer.Option(None, "--guidance-scale",
-                                                   help="Per-voxel size of the normalised gradient (default "
-                                                        "1000/√(voxels), as the public CryoFM code)."),
+    guidance_scale: float = typer.Option(1.0, "--guidance-scale",
+                                         help="Per-voxel size of the normalised gradient (1000/√(voxels) "
+                                              "reproduces the public CryoFM code)."),
     save_samples: bool = typer.Option(False, "--save-samples", help="Also write every posterior sample."),
     seed: int = seed_option(),
     device: str = device_option(),

@@ -30,10 +30,13 @@ def denoise_command(
     steps: int = typer.Option(1000, "--steps", help="Euler steps (paper: 1000; the public CryoFM code uses 200)."),
     samples: int = typer.Option(1, "--samples", help="Posterior samples; >1 also writes denoised_std.mrc."),
     zeta_max: float = typer.Option(5.0, "--zeta-max", help="Cap of the guidance weight min(ζ, t/(1−t))."),
-    guidance_scale: Optional[float] = typer.Option(None, "--guidance-scale",
-                                                   help="Per-voxel size of the normalised likelihood gradient "
-                                                        "(default 1000/√(window voxels), the public CryoFM code's "
-                                                        "lamb_base=1000: 1.95 at 64³)."),
+    guidance_scale: float = typer.Option(1.0, "--guidance-scale",
+                                         help="Per-voxel size of the normalised likelihood gradient (the public "
+                                              "CryoFM code's lamb_base=1000 equals 1000/√(window voxels): 1.95 at "
+                                              "64³)."),
+    guidance: str = typer.Option("gradient", "--guidance",
+                                 help="gradient: normalised likelihood gradient (CryoFM Alg. 1) | wiener: per-"
+                                      "frequency Gaussian posterior blend of the flow's estimate and the data."),
     no_backprop: bool = typer.Option(False, "--no-backprop",
                                      help="Gradient w.r.t. the clean estimate only (no backward pass through the "
                                           "network; ~3× faster, cruder)."),
@@ -60,7 +63,8 @@ def denoise_command(
 
     config = dict(map=map_path, half1=half1, half2=half2, prior=prior, method=method, model=model,
                   anisotropic=anisotropic, particles=particles, halves=halves, steps=steps, samples=samples,
-                  zeta_max=zeta_max, guidance_scale=guidance_scale, no_backprop=no_backprop, batch_size=batch_size,
+                  zeta_max=zeta_max, guidance_scale=guidance_scale, guidance=guidance, no_backprop=no_backprop,
+                  batch_size=batch_size,
                   overlap=overlap, iterations=iterations, seed=seed, device=device)
     if method == "swan":
         if map_path is None or model is None:
@@ -88,5 +92,5 @@ def denoise_command(
         result = denoise.run(half1, half2, prior=prior, outdir=run.dir, anisotropic=anisotropic, particles=particles,
                              halves=halves, steps=steps, samples=samples, zeta_max=zeta_max,
                              guidance_scale=guidance_scale, backprop=not no_backprop, batch_size=batch_size,
-                             overlap=overlap, seed=seed, device=device, save_samples=save_samples)
+                             overlap=overlap, seed=seed, device=device, save_samples=save_samples, guidance=guidance)
         run.report(result.summary())

@@ -258,7 +258,7 @@ def _standardize(images: Tensor) -> Tensor:
 def run(averages: Path, *, prior: Path, outdir: Path, steps: int = 1000, samples: int = 1, search_every: int = 10,
         angular_step: float = 15.0, refine_levels: int = 2, max_shift: float | None = None,
         resolution: float | None = None, background_weight: float = 1.0, stop_gradient: bool = False,
-        zeta_max: float = 5.0, guidance_scale: float | None = None, seed: int = 0, device: str = "auto",
+        zeta_max: float = 5.0, guidance_scale: float = 1.0, seed: int = 0, device: str = "auto",
         save_samples: bool = False) -> AbinitioResult:
     """Ab initio map from the class averages in ``averages`` (MRC stack) into ``outdir``."""
     from cryovox.core.rotations import matrix_to_euler

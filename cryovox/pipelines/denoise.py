@@ -55,44 +55,76 @@ class DenoiseResult:
 
 
 class DenoiseTask:
-    """Gaussian likelihood ``Σ_k |F(x̂_0) − F(y)|² / N_k`` per window (normalised units).
+    """Observation model ``y = x + n`` (Fourier-diagonal noise) for each window, in normalised units.
 
     obs: ``(K, D, D, D)`` observations on the padded grid; which observation a job uses is
     ``sample index % K``; power: noise power of each observation, a per-shell profile ``(n,)``
-    measured on the ``D`` box or a full grid ``(D, D, D)``.
+    measured on a ``source_size`` box (default: the observations' box) or a full grid on it;
+    signal: per-shell signal power ``(n,)`` on the same box (needed by ``mode="wiener"``).
+
+    ``mode="gradient"`` (CryoFM Alg. 1): the likelihood ``Σ_k |F(x̂_0) − F(y)|² / N_k`` whose
+    normalised gradient guides the flow. ``mode="wiener"``: a data-consistency projection
+    instead (as Alg. 2 does for the wedge): per Fourier sample, the Gaussian posterior mean of
+    ``x_0`` given the flow's estimate ``x̂_0`` (prior variance ``V_k(t)``) and the data (noise ``N_k``),
+    ``X̃ = (N_k X̂_0 + V_k Y) / (N_k + V_k)`` with ``V_k(t) = S_k t² M / ((1 − t)² S_k + t² M)``, the
+    variance of ``X_0`` given ``X_t`` when ``X_0`` has power ``S_k`` (``M`` voxels per window): at
+    t = 1 this is the Wiener filter of the data, at t → 0 the flow's own estimate.
     """
 
-    def __init__(self, obs: Tensor, power: Tensor, device=None):
+    def __init__(self, obs: Tensor, power: Tensor, device=None, signal: Tensor | None = None,
+                 mode: str = "gradient", source_size: int | None = None):
+        if mode not in ("gradient", "wiener"):
+            raise InputError(f"--guidance {mode}: expected gradient or wiener")
+        if mode == "wiener" and signal is None:
+            raise ValueError("mode='wiener' needs the signal power")
         self.obs = obs
         self.power = power
-        self.D = obs.shape[-1]
+        self.signal = signal
+        self.mode = mode
+        self.D = obs.shape[-1] if source_size is None else int(source_size)   # box the profiles were measured on
         self.device = device
-        self._cache: dict[int, Tensor] = {}
+        self._cache: dict[tuple[str, int], Tensor] = {}
 
-    def power_for(self, w: int) -> Tensor:
+    def _grid(self, what: str, profile: Tensor, w: int) -> Tensor:
         from cryovox.core.degrade import radial_power_grid
         from cryovox.pipelines.flow_sample import resample_power_grid
 
-        if w not in self._cache:
-            if self.power.ndim == 1:
-                p = radial_power_grid(self.power, w, source_size=self.D, dtype=torch.float64)
+        key = (what, w)
+        if key not in self._cache:
+            if profile.ndim == 1:
+                p = radial_power_grid(profile, w, source_size=self.D, dtype=torch.float64)
             else:
-                p = resample_power_grid(self.power.to(torch.float64), w)
-            self._cache[w] = p.to(self.device, torch.float32)
-        return self._cache[w]
+                p = resample_power_grid(profile.to(torch.float64), w)
+            self._cache[key] = p.to(self.device, torch.float32)
+        return self._cache[key]
+
+    def power_for(self, w: int) -> Tensor:
+        return self._grid("noise", self.power, w)
 
     def terms(self, jobs, size):
         from cryovox.core.degrade import gaussian_nll
+        from cryovox.core.fft import fftn_c, ifftn_c
 
         K = self.obs.shape[0]
         y = torch.stack([self.obs[s % K, z:z + size, yy:yy + size, x:x + size] for s, (z, yy, x) in jobs])
         y = y.to(self.device, torch.float32)
         power = self.power_for(size)
+        if self.mode == "gradient":
+            def likelihood(x0: Tensor, t: float) -> Tensor:
+                return gaussian_nll(x0[:, 0], y, power)
 
-        def likelihood(x0: Tensor, t: float) -> Tensor:
-            return gaussian_nll(x0[:, 0], y, power)
+            return likelihood, None
 
-        return likelihood, None
+        signal = self._grid("signal", self.signal, size).clamp_min(0)
+        Y = fftn_c(y)
+        M = float(size ** 3)
+
+        def projection(x0: Tensor, t: float) -> Tensor:
+            V = signal * t * t * M / ((1 - t) ** 2 * signal + t * t * M)
+            X = fftn_c(x0[:, 0])
+            return ifftn_c((X * power + Y * V) / (power + V).clamp_min(1e-30)).real[:, None].to(x0.dtype)
+
+        return None, projection
 
 
 def fsc_weighted_average(h1: Tensor, h2: Tensor, curve: Tensor) -> Tensor:
@@ -134,11 +166,12 @@ def _particle_rotations(path: Path) -> Tensor:
 
 def run(half1: Path, half2: Path, *, prior: Path, outdir: Path, anisotropic: bool = False,
         particles: Path | None = None, halves: str = "average", steps: int = 1000, samples: int = 1,
-        zeta_max: float = 5.0, guidance_scale: float | None = None, backprop: bool = True, batch_size: int = 4,
-        overlap: int | None = None, seed: int = 0, device: str = "auto", save_samples: bool = False) -> DenoiseResult:
+        zeta_max: float = 5.0, guidance_scale: float = 1.0, backprop: bool = True, batch_size: int = 4,
+        overlap: int | None = None, seed: int = 0, device: str = "auto", save_samples: bool = False,
+        guidance: str = "gradient") -> DenoiseResult:
     """Denoise ``half1``/``half2`` into ``outdir`` (see module docstring)."""
     from cryovox.core.fsc import resolution_at
-    from cryovox.core.noise import directional_noise_power, halfmap_noise_power, orientation_noise_power
+    from cryovox.core.noise import directional_noise_power, halfmap_noise_power, orientation_noise_power, shell_power
     from cryovox.models.flow import MapScale
     from cryovox.pipelines.flow_sample import (from_prior_grid, load_prior, pad_to, padded_size, sample_posterior,
                                                summarize, to_prior_grid, write_sample_set)
@@ -179,9 +212,12 @@ def run(half1: Path, half2: Path, *, prior: Path, outdir: Path, anisotropic: boo
         obs = torch.stack([fp.norm.normalize(h1, scale), fp.norm.normalize(h2, scale)])
         power_n = power * k2
         n_traj = 2 * samples
+    # signal power per shell of either half map (= of the average): P_half · FSC
+    signal_n = (0.5 * (shell_power(h1) + shell_power(h2)) * curve.clamp(0, 1)) * k2
     P = padded_size(D, fp)
     background = fp.norm.normalize(torch.tensor(scale.offset), scale).item()
-    task = DenoiseTask(pad_to(obs.to(torch.float64), P, background), power_n, device=dev)
+    task = DenoiseTask(pad_to(obs.to(torch.float64), P, background), power_n, device=dev, signal=signal_n,
+                       mode=guidance, source_size=D)
     z = sample_posterior(fp, D, task, samples=n_traj, steps=steps, zeta_max=zeta_max, guidance_scale=guidance_scale,
                          backprop=backprop, batch_size=batch_size, overlap=overlap, seed=seed,
                          pad_value=background, label="denoise", amp=dev.type == "cuda")

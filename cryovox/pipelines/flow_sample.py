@@ -138,7 +138,7 @@ def pad_to(vol: Tensor, size: int, value: float) -> Tensor:
 
 
 def sample_posterior(prior, size: int, task: Task | None, *, samples: int = 1, steps: int = 1000,
-                     zeta_max: float = 5.0, guidance_scale: float | None = None, backprop: bool = True,
+                     zeta_max: float = 5.0, guidance_scale: float = 1.0, backprop: bool = True,
                      batch_size: int = 4, overlap: int | None = None, seed: int = 0, pad_value: float = 0.0,
                      label: str = "sampling", amp: bool = False, single_window: bool = False) -> Tensor:
     """Posterior samples ``(S, D, D, D)`` in the prior's normalised units for a map of edge ``size``.

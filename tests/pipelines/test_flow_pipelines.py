@@ -157,6 +157,29 @@ def test_denoise_cli_outputs_noise_table_and_samples(trained, cli, tmp_path):
     assert fsc_auc(fsc(torch.from_numpy(out.data), t)) > fsc_auc(fsc(free, t)) + 0.1
 
 
+def test_denoise_wiener_projection_limits():
+    """wiener mode: at t = 1 the Wiener filter of the data around the flow's estimate; at t → 0 the estimate."""
+    from cryovox.pipelines.denoise import DenoiseTask
+
+    D = 8
+    g = torch.Generator().manual_seed(11)
+    y = torch.randn(1, D, D, D, generator=g, dtype=torch.float64)
+    x0 = torch.randn(1, 1, D, D, D, generator=g, dtype=torch.float64)
+    noise = torch.linspace(1.0, 4.0, D // 2 + 1) * D ** 3
+    signal = torch.linspace(6.0, 0.5, D // 2 + 1) * D ** 3
+    task = DenoiseTask(y, noise, signal=signal, mode="wiener")
+    lik, proj = task.terms([(0, (0, 0, 0))], D)
+    assert lik is None
+    N = radial_power_grid(noise, D, dtype=torch.float64)
+    S = radial_power_grid(signal, D, dtype=torch.float64)
+    X, Y = fftn_c(x0[0, 0]), fftn_c(y[0])
+    from cryovox.core.fft import ifftn_c
+
+    expected = ifftn_c((N * X + S * Y) / (N + S)).real
+    assert torch.allclose(proj(x0.float(), 1.0)[0, 0].double(), expected, atol=1e-4)
+    assert torch.allclose(proj(x0.float(), 1e-6)[0, 0].double(), x0[0, 0], atol=1e-4)
+
+
 def test_denoise_input_errors(cli, tmp_path):
     write_map(tmp_path / "a.mrc", np.zeros((16, 16, 16), np.float32), 2.0)
     write_map(tmp_path / "b.mrc", np.zeros((12, 12, 12), np.float32), 2.0)

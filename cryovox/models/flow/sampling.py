@@ -11,10 +11,11 @@ and subtracted from the velocity:
     v' = v − ζ(t) · s · g / rms(g),     ζ(t) = min(ζ_max, t / (1 − t)),
 
 ``rms(g)`` is the root-mean-square over the voxels of one sample, so ``g / rms(g)`` has unit
-size per voxel, and ``s`` is the ``guidance_scale``. The public CryoFM2 code divides the gradient
-by its Euclidean norm and multiplies by ``lamb_base = 1000``, i.e. ``s = 1000 / √n`` for ``n``
-voxels per sample (1.95 at 64³, 5.5 at 32³, 8.5 at 24³); that is the default (``guidance_scale
-= None``). On our CPU-scale benchmark (24³ windows) it was also the best of the values tried.
+size per voxel whatever the box, and ``s`` is the ``guidance_scale`` (default 1). The public
+CryoFM2 code divides the gradient by its Euclidean norm and multiplies by ``lamb_base = 1000``,
+i.e. ``s = 1000 / √n`` for ``n`` voxels per sample (:func:`default_guidance_scale`: 1.95 at 64³,
+8.5 at 24³; pass ``guidance_scale=None`` for it). On our CPU-scale benchmark (24³ windows, a
+weak prior) that made the samples reproduce the noisy data; ``s = 1`` did best of 1, 2, 4, 8.5.
 With ``backprop=False`` the gradient is taken with respect to ``x̂_0`` directly (no backward
 pass through the network; about 3× cheaper, a cruder direction).
 
@@ -63,7 +64,7 @@ def _rms(g: Tensor) -> Tensor:
 
 def flow_sample(velocity: Velocity, x1: Tensor, steps: int = 1000, *,
                 likelihood: Likelihood | None = None, projection: Projection | None = None,
-                zeta_max: float = 5.0, guidance_scale: float | None = None, backprop: bool = True,
+                zeta_max: float = 5.0, guidance_scale: float | None = 1.0, backprop: bool = True,
                 on_step: Callable[[int, float], None] | None = None) -> Tensor:
     """Integrate the (guided) flow from ``x1`` ``(B, 1, D, D, D)`` at t = 1 to t = 0.
 
