@@ -32,6 +32,7 @@ from cryovox.errors import InputError
 # kind → "module:Class"; models register here (a second model adds one line)
 MODELS: dict[str, str] = {
     "sfbp": "cryovox.models.hetero:SFBPModel",
+    "cryoformer": "cryovox.models.cryoformer:CryoFormerModel",
 }
 
 
