@@ -1,0 +1,153 @@
+"""CryoFormer's density decoder: spatial features, query-based deformation transformer, density head.
+
+For a point ``x`` (volume coordinates in pixels from the centre voxel ``D // 2``, mapped to
+``u = x / (2 r) + ½ ∈ [0, 1]³`` with ``r`` the support radius) and a particle's deformation
+embedding ``z``:
+
+1. spatial features ``f(x) = MLP(hashgrid(u))`` (``C`` channels; :mod:`.hashgrid`, a tiny MLP);
+2. deformation tokens ``D(z)``: ``n_tokens`` vectors of ``C`` numbers, a linear map of ``z``;
+3. queries: ``Q`` learnable vectors (``n_queries × C``) pass ``blocks`` transformer decoder blocks
+   (pre-norm: self-attention among the queries, cross-attention from the queries to ``D(z)``,
+   a feed-forward network) → ``Q(z)``, the same for every point of the particle;
+4. spatial cross-attention: ``f(x)`` attends to ``Q(z)`` (``heads`` heads):
+   ``h = f + W_o · softmax(W_q f · (W_k Q(z))ᵀ / √d) · W_v Q(z)``; the attention weights over the
+   queries are what :meth:`QueryDecoder.attention` returns (the "attention maps");
+5. density ``σ(x, z) = FFN(LN(h))`` (one number, times the model's density scale).
+
+:class:`MLPDecoder` is the ablation "MLP instead of transformer": ``σ = MLP([f(x), z])``.
+Both decoders split into ``condition(z)`` (once per particle) and ``density(features, cond)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cryovox.models.cryoformer.hashgrid import HashGridEncoding
+
+
+class SpatialFeatures(nn.Module):
+    """Hash-grid encoding + tiny MLP: ``(N, 3)`` points in ``[0, 1]³`` → ``(N, C)`` features."""
+
+    def __init__(self, channels: int = 64, levels: int = 16, features: int = 2, log2_table: int = 15,
+                 base_resolution: int = 16, max_resolution: int = 64, hidden: int = 64):
+        super().__init__()
+        self.grid = HashGridEncoding(levels, features, log2_table, base_resolution, max(base_resolution,
+                                                                                        max_resolution))
+        self.mlp = nn.Sequential(nn.Linear(self.grid.out_dim, hidden), nn.ReLU(), nn.Linear(hidden, channels))
+
+    def forward(self, u: Tensor) -> Tensor:
+        return self.mlp(self.grid(u))
+
+
+class FeedForward(nn.Sequential):
+    def __init__(self, dim: int, hidden: int, out: int | None = None):
+        super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim if out is None else out))
+
+
+class DecoderBlock(nn.Module):
+    """Pre-norm transformer decoder block on the queries: self-attention, cross-attention to the
+    deformation tokens, feed-forward; each with a residual connection."""
+
+    def __init__(self, dim: int, heads: int, ffn: int):
+        super().__init__()
+        self.n1, self.n2, self.n3, self.nm = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.self_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.cross_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.ffn = FeedForward(dim, ffn)
+
+    def forward(self, q: Tensor, memory: Tensor) -> Tensor:
+        """q: ``(B, Q, C)`` queries; memory: ``(B, M, C)`` deformation tokens → ``(B, Q, C)``."""
+        h = self.n1(q)
+        q = q + self.self_attn(h, h, h, need_weights=False)[0]
+        m = self.nm(memory)
+        q = q + self.cross_attn(self.n2(q), m, m, need_weights=False)[0]
+        return q + self.ffn(self.n3(q))
+
+
+class QueryDecoder(nn.Module):
+    """Query-based deformation transformer and spatial cross-attention (see the module docstring).
+
+    zdim: size of ``z``; channels: ``C`` (64); n_queries: ``Q`` (64); blocks: decoder blocks (3);
+    heads: attention heads (4); n_tokens: deformation tokens made from ``z`` (4); deformation:
+    False ignores ``z`` (the "no deformation encoder" ablation: the queries are constants).
+    """
+
+    def __init__(self, zdim: int, channels: int = 64, n_queries: int = 64, blocks: int = 3, heads: int = 4,
+                 n_tokens: int = 4, deformation: bool = True):
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"channels ({channels}) must be a multiple of heads ({heads})")
+        self.channels, self.heads, self.n_queries = int(channels), int(heads), int(n_queries)
+        self.deformation = bool(deformation)
+        self.queries = nn.Parameter(torch.randn(n_queries, channels) * 0.5)
+        self.tokens = nn.Linear(zdim, n_tokens * channels) if deformation else None
+        self.token_pos = nn.Parameter(torch.randn(n_tokens, channels) * 0.1)
+        self.n_tokens = int(n_tokens)
+        self.blocks = nn.ModuleList([DecoderBlock(channels, heads, 2 * channels) for _ in range(blocks)])
+        self.q_norm = nn.LayerNorm(channels)
+        self.w_q = nn.Linear(channels, channels)
+        self.w_kv = nn.Linear(channels, 2 * channels)
+        self.w_o = nn.Linear(channels, channels)
+        self.f_norm = nn.LayerNorm(channels)
+        self.head = FeedForward(channels, 2 * channels, 1)
+
+    def condition(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Per particle: keys and values of the transformed queries, each ``(B, heads, Q, C / heads)``."""
+        B = z.shape[0]
+        if self.deformation:
+            mem = self.tokens(z).view(B, self.n_tokens, self.channels) + self.token_pos
+        else:
+            mem = self.token_pos.expand(B, -1, -1)
+        q = self.queries.expand(B, -1, -1)
+        for blk in self.blocks:
+            q = blk(q, mem)
+        kv = self.w_kv(self.q_norm(q)).view(B, self.n_queries, 2, self.heads, -1)
+        return kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
+
+    def _query(self, feats: Tensor) -> Tensor:
+        B, N, C = feats.shape
+        return self.w_q(feats).view(B, N, self.heads, C // self.heads).transpose(1, 2)   # (B, H, N, d)
+
+    def density(self, feats: Tensor, cond: tuple[Tensor, Tensor]) -> Tensor:
+        """feats: ``(B, N, C)`` spatial features of each particle's points, or ``(1, N, C)`` points shared by
+        the B particles of ``cond`` → ``(B, N)`` densities."""
+        k, v = cond
+        B, (_, N, C) = k.shape[0], feats.shape
+        q = self._query(feats).expand(B, -1, -1, -1)
+        att = F.scaled_dot_product_attention(q, k, v)                                     # (B, H, N, d)
+        h = feats + self.w_o(att.transpose(1, 2).reshape(B, N, C))
+        return self.head(self.f_norm(h))[..., 0]
+
+    def attention(self, feats: Tensor, cond: tuple[Tensor, Tensor]) -> Tensor:
+        """Spatial cross-attention weights ``(B, heads, N, Q)`` of each point over the queries (rows sum to 1);
+        feats as in :meth:`density`."""
+        k, _ = cond
+        q = self._query(feats).expand(k.shape[0], -1, -1, -1)
+        return torch.softmax(q @ k.transpose(-1, -2) / (q.shape[-1] ** 0.5), -1)
+
+
+class MLPDecoder(nn.Module):
+    """Ablation: ``σ(x, z) = MLP([f(x), z])`` (``layers`` hidden layers of ``width``) instead of the transformer."""
+
+    def __init__(self, zdim: int, channels: int = 64, width: int = 128, layers: int = 3, deformation: bool = True):
+        super().__init__()
+        self.deformation = bool(deformation)
+        self.zdim = int(zdim)
+        dims = [channels + (zdim if deformation else 0)] + [width] * layers
+        mods: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            mods += [nn.Linear(a, b), nn.ReLU()]
+        mods.append(nn.Linear(width, 1))
+        self.net = nn.Sequential(*mods)
+
+    def condition(self, z: Tensor) -> Tensor:
+        return z
+
+    def density(self, feats: Tensor, cond: Tensor) -> Tensor:
+        """feats ``(B, N, C)`` or ``(1, N, C)`` (shared points); cond ``(B, zdim)`` → ``(B, N)``."""
+        B, N = cond.shape[0], feats.shape[1]
+        if self.deformation:
+            feats = torch.cat([feats.expand(B, -1, -1), cond[:, None, :].expand(-1, N, -1).to(feats.dtype)], -1)
+        return self.net(feats)[..., 0].expand(B, -1)
