@@ -12,7 +12,9 @@ Outputs in OUTDIR, per epoch ``N`` (0-based, as cryoDRGN numbers them):
 ``weights.N.pt`` (checkpoint: ``kind``, model ``config`` and weights, optimizer, epoch, RNG
 states, training options, the particle file), ``z.N.pkl`` (float32 ``(n_particles, zdim)``
 posterior means in particle order, a plain numpy array: cryoDRGN's layout) and ``z.N.npz``
-(``z`` and ``logvar``). Loss and time per epoch go to run.log.
+(``z`` and ``logvar``); for a model that refines poses (``cryoformer``), ``particles.N.star``
+(the input particles with the poses it rendered them at in that epoch, RELION 3.1). Loss and time
+per epoch go to run.log.
 
 Exact resumption: the order of particles in epoch ``N`` is a function of ``(seed, N)``
 (DistributedSampler's permutation), the reparameterisation noise of each process is drawn
@@ -88,9 +90,9 @@ def _check_options(zdim: int, epochs: int, batch_size: int, lr: float, beta: flo
 
 
 def clear_epoch_outputs(outdir: Path) -> None:
-    """Remove ``weights.N.pt`` / ``z.N.pkl`` / ``z.N.npz`` left by an earlier run (``--force``)."""
+    """Remove ``weights.N.pt`` / ``z.N.pkl`` / ``z.N.npz`` / ``particles.N.star`` left by an earlier run (``--force``)."""
     for p in Path(outdir).iterdir():
-        if re.fullmatch(r"(weights\.\d+\.pt|z\.\d+\.pkl|z\.\d+\.npz)", p.name):
+        if re.fullmatch(r"(weights\.\d+\.pt|z\.\d+\.pkl|z\.\d+\.npz|particles\.\d+\.star)", p.name):
             p.unlink()
 
 
@@ -141,6 +143,22 @@ def _write_z(outdir: Path, epoch: int, z: np.ndarray, logvar: np.ndarray) -> Non
                  lambda tmp: np.savez(tmp, z=z.astype(np.float32), logvar=logvar.astype(np.float32)))
 
 
+def _write_poses(path: Path, table, idx: np.ndarray, rot: np.ndarray, shift_px: np.ndarray, apix: float) -> float:
+    """Write ``table`` with the refined poses of rows ``idx`` (rotations ``(m, 3, 3)``, shifts ``(m, 2)`` px)
+    as a RELION 3.1 STAR (other rows keep their input poses). Returns the mean rotation change (degrees)."""
+    import torch
+
+    from cryovox.core.rotations import geodesic_distance
+    from cryovox.io.particles import write_star
+
+    R = table.rotations.astype(np.float64).copy()
+    t = (np.zeros((len(table), 2)) if table.shifts_px is None else table.shifts_px.astype(np.float64)).copy()
+    change = geodesic_distance(torch.from_numpy(R[idx]), torch.from_numpy(rot.astype(np.float64)))
+    R[idx], t[idx] = rot, shift_px
+    write_star(path, table.with_poses(R, t * apix))
+    return float(change.mean()) if len(idx) else 0.0
+
+
 def train_hetero(particles: Path | str, outdir: Path, *, zdim: int = 8, epochs: int = 20, model: str = "sfbp",
                  model_options: dict[str, Any] | None = None, batch_size: int = 64, lr: float = 1e-3,
                  beta: float | None = None, datadir: Path | None = None, poses: Path | None = None,
@@ -154,7 +172,9 @@ def train_hetero(particles: Path | str, outdir: Path, *, zdim: int = 8, epochs: 
     kind registered in :data:`cryovox.models.MODELS`; model_options: its constructor options
     besides ``box``, ``apix``, ``zdim`` (for ``sfbp``: ``n_basis``, ``basis_lr`` (taken out for
     the optimizer), ``enc_width``, ``enc_layers``, ``dec_width``, ``dec_blocks``, ``pad``, ``radius``,
-    ``encoder_input``); lr: Adam learning rate of the networks; beta: KL weight (default
+    ``encoder_input``; for ``cryoformer`` see :class:`cryovox.models.cryoformer.CryoFormerModel`,
+    ``basis_lr`` being its hash-grid tables' rate; a model that refines poses gets them written as
+    ``particles.N.star`` each epoch it refines); lr: Adam learning rate of the networks; beta: KL weight (default
     ``1 / (2 zdim)``: cryoDRGN's ``β = 1/zdim`` on its per-pixel mean squared error of unit-variance
     images is this weight relative to the Gaussian log-likelihood; ``β = 1`` is the ELBO, whose
     pull towards the prior delays the latent from picking up weak heterogeneity); preload: read all
@@ -261,9 +281,11 @@ def train_hetero(particles: Path | str, outdir: Path, *, zdim: int = 8, epochs: 
             t0 = time.monotonic()
             sampler.set_epoch(epoch)
             gen = _noise_generator(seed, epoch, ctx.rank)
+            if hasattr(net, "start_epoch"):       # models with training phases (cryoformer: pose pre-training)
+                net.start_epoch(epoch)
             ddp.train()
             totals = torch.zeros(4, dtype=torch.float64, device=ctx.device)  # loss, nll, kl, count
-            idx_parts, mu_parts, lv_parts = [], [], []
+            idx_parts, mu_parts, lv_parts, rot_parts, shift_parts = [], [], [], [], []
             with Progress(f"epoch {epoch}", total=len(sampler), enabled=ctx.is_main) as bar:
                 for batch in loader:
                     batch = _to(batch, ctx.device)
@@ -279,11 +301,18 @@ def train_hetero(particles: Path | str, outdir: Path, *, zdim: int = 8, epochs: 
                     idx_parts.append(batch["index"])
                     mu_parts.append(out.mu.detach())
                     lv_parts.append(out.logvar.detach())
+                    if getattr(out, "rot", None) is not None:     # refined poses (cryoformer)
+                        rot_parts.append(out.rot.detach().reshape(-1, 9))
+                        shift_parts.append(out.shift.detach())
                     bar.advance(b, loss=float(out.total.detach()))
             dist.all_reduce_sum(totals, ctx)
             idx = dist.all_gather_rows(torch.cat(idx_parts), ctx).cpu().numpy()
             mu = dist.all_gather_rows(torch.cat(mu_parts).float(), ctx).cpu().numpy()
             lv = dist.all_gather_rows(torch.cat(lv_parts).float(), ctx).cpu().numpy()
+            refined = None
+            if rot_parts and len(rot_parts) == len(idx_parts):
+                refined = (dist.all_gather_rows(torch.cat(rot_parts).double(), ctx).cpu().numpy().reshape(-1, 3, 3),
+                           dist.all_gather_rows(torch.cat(shift_parts).double(), ctx).cpu().numpy())
             loss, nll, kl, count = (totals / totals[3].clamp(min=1)).tolist()[:3] + [float(totals[3])]
             if not math.isfinite(loss):
                 raise RuntimeError(f"training diverged at epoch {epoch} (loss {loss}); lower --lr")
@@ -299,6 +328,11 @@ def train_hetero(particles: Path | str, outdir: Path, *, zdim: int = 8, epochs: 
                 _write_z(outdir, epoch, z, logvar)
                 log.info("epoch %d/%d: loss %.6g (nll %.6g, kl %.4g) per particle, %.1f s (%.0f particles/s)",
                          epoch, epochs - 1, loss, nll, kl, seconds, count / max(seconds, 1e-9))
+                if refined is not None:
+                    moved = _write_poses(outdir / f"particles.{epoch}.star", table, idx, refined[0], refined[1],
+                                         dataset.apix)
+                    log.info("epoch %d: refined poses in particles.%d.star (mean rotation change from the input "
+                             "%.3g°)", epoch, epoch, moved)
             result.losses.append(loss)
             result.seconds.append(seconds)
             dist.barrier(ctx)
