@@ -18,12 +18,14 @@ def train_hetero_command(
     zdim: int = typer.Option(8, "--zdim", help="Latent dimension."),
     epochs: int = typer.Option(20, "-n", "--epochs", help="Number of epochs (total, also with --resume)."),
     model: str = typer.Option("sfbp", "--model", help="Model: sfbp (structural-basis VAE, sparse Fourier "
-                                                      "backpropagation)."),
+                                                      "backpropagation) or cryoformer (real-space hash-grid "
+                                                      "decoder, deformation transformer, pose refinement)."),
     n_basis: int = typer.Option(16, "--basis", help="Number of Fourier basis volumes K."),
     batch_size: int = typer.Option(64, "--batch-size", help="Particles per step (per process)."),
     lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate of the encoder and the coefficient MLP."),
     basis_lr: float = typer.Option(1e-2, "--basis-lr", help="Adam learning rate of the basis volumes (whitened "
-                                                           "units, see the documentation)."),
+                                                           "units, see the documentation); cryoformer: of the "
+                                                           "hash-grid tables."),
     beta: Optional[float] = typer.Option(None, "--beta", help="Weight of the KL term (1 = the ELBO; default "
                                                           "1/(2·zdim), cryoDRGN's effective weight)."),
     enc_width: int = typer.Option(256, "--enc-dim", help="Width of the encoder MLP."),
@@ -47,6 +49,18 @@ def train_hetero_command(
     resume: bool = typer.Option(False, "--resume", help="Continue from the last weights.N.pt in OUTDIR."),
     num_workers: int = typer.Option(0, "--num-workers", help="DataLoader worker processes."),
     seed: int = seed_option(),
+    refine_poses: bool = typer.Option(True, "--refine-poses/--no-refine-poses", help="cryoformer: refine the "
+                                      "poses with the orientation encoder (written as particles.N.star)."),
+    pose_pretrain_epochs: int = typer.Option(1, "--pose-pretrain-epochs", help="cryoformer: epochs that train the "
+                                             "orientation encoder on the input poses before it refines them."),
+    no_deformation: bool = typer.Option(False, "--no-deformation", help="cryoformer ablation: no deformation "
+                                        "encoder (one volume for all particles)."),
+    mlp_decoder: bool = typer.Option(False, "--mlp-decoder", help="cryoformer ablation: an MLP on (features, z) "
+                                     "instead of the query-based deformation transformer."),
+    projection: str = typer.Option("voxel", "--projection", help="cryoformer: voxel (decode each particle's map "
+                                   "on the grid, project by trilinear sampling; faster) or field (evaluate the "
+                                   "network at every rotated point)."),
+    queries: int = typer.Option(64, "--queries", help="cryoformer: learnable queries of the transformer."),
     device: str = device_option(),
     force: bool = force_option(),
 ) -> None:
@@ -54,7 +68,9 @@ def train_hetero_command(
 
     The sfbp model (Kimanius, Jamali & Scheres 2022) decodes z into Σ_k s_k(z)·V_k + V_0 with K
     Fourier-space basis volumes and takes each particle's central slice directly (sparse Fourier
-    backpropagation). Several GPUs or nodes: run under torchrun. Epochs are numbered from 0.
+    backpropagation). The cryoformer model (Liu et al. 2024) decodes density in real space from a
+    hash-grid feature volume through a query-based deformation transformer and refines the poses.
+    Several GPUs or nodes: run under torchrun. Epochs are numbered from 0.
 
     Example: cryovox train-hetero sim/particles.star -o hetero/ --zdim 8 -n 20
     """
@@ -64,9 +80,22 @@ def train_hetero_command(
 
     if zdim < 1:
         raise InputError(f"--zdim {zdim}: the latent dimension must be at least 1")
-    model_options = dict(n_basis=n_basis, basis_lr=basis_lr, enc_width=enc_width, enc_layers=enc_layers,
-                         dec_width=dec_width, dec_blocks=dec_blocks, encoder_input=encoder_input, radius=radius,
-                         enc_features=enc_features, enc_radius=enc_radius)
+    if model == "cryoformer":
+        if pose_pretrain_epochs < 0:
+            raise InputError(f"--pose-pretrain-epochs {pose_pretrain_epochs}: must be >= 0")
+        if projection not in ("voxel", "field"):
+            raise InputError(f"--projection {projection}: expected voxel or field")
+        if queries < 1:
+            raise InputError(f"--queries {queries}: at least one query is needed")
+        model_options = dict(basis_lr=basis_lr, enc_width=enc_width, enc_layers=enc_layers, radius=radius,
+                             enc_radius=enc_radius, refine_poses=refine_poses,
+                             pose_pretrain_epochs=pose_pretrain_epochs, deformation=not no_deformation,
+                             decoder="mlp" if mlp_decoder else "transformer", projection=projection,
+                             n_queries=queries)
+    else:
+        model_options = dict(n_basis=n_basis, basis_lr=basis_lr, enc_width=enc_width, enc_layers=enc_layers,
+                             dec_width=dec_width, dec_blocks=dec_blocks, encoder_input=encoder_input, radius=radius,
+                             enc_features=enc_features, enc_radius=enc_radius)
     config = dict(particles=particles, zdim=zdim, epochs=epochs, model=model, batch_size=batch_size, lr=lr,
                   beta=beta, datadir=datadir, poses=poses, ctf=ctf, resume=resume, num_workers=num_workers,
                   seed=seed, device=device, init=init, **model_options)
