@@ -53,7 +53,7 @@ def _extension_kwargs() -> dict:
         ext = ce.CUDAExtension(
             "cryovox._C", sources,
             include_dirs=[os.path.join(here, csrc)],
-            extra_compile_args={"cxx": cxx + ["-DCRYOVOX_WITH_CUDA"], "nvcc": ["-O3", "-std=c++17"]},
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
             extra_link_args=openmp)
     else:
         ext = ce.CppExtension(

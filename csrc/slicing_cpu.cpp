@@ -128,9 +128,10 @@ CVX_INLINE void project_items(const Args<T>& a, T* out, int64_t begin, int64_t e
         if (it + 1 < end) {
             const int64_t n1 = n + 1 == N ? 0 : n + 1, b1 = n + 1 == N ? b + 1 : b;
             point(a, b1, a.px[n1], nxt);
-            if (a.basis_t && K > 1)
-                for (int c = 0; c < 8; c += 2)  // corners c, c+1 are adjacent voxels
-                    prefetch_bytes(a.basis_t + K2 * nxt.idx[c], 2 * K2 * (int64_t)sizeof(T), false);
+            for (int c = 0; c < 8; c += 2) {  // corners c, c+1 are adjacent voxels
+                if (a.basis_t) prefetch_bytes(a.basis_t + K2 * nxt.idx[c], 2 * K2 * (int64_t)sizeof(T), false);
+                if (a.bias) prefetch_bytes(a.bias + 2 * nxt.idx[c], 4 * (int64_t)sizeof(T), false);
+            }
         }
         T re = 0, im = 0;
         if (a.basis_t && K == 1) {
@@ -200,8 +201,10 @@ CVX_INLINE void grads_image(const Args<T>& a, const T* grad, int64_t b, T* gc, T
         const SlicePoint<T> s = nxt;
         if (n + 1 < a.N) {  // prefetch the next pixel's corners (see project_items)
             point(a, b, a.px[n + 1], nxt);
-            if (basis && K > 1)
-                for (int c = 0; c < 8; c += 2) prefetch_bytes(a.basis_t + K2 * nxt.idx[c], 2 * K2 * (int64_t)sizeof(T), false);
+            for (int c = 0; c < 8; c += 2) {
+                if (basis) prefetch_bytes(a.basis_t + K2 * nxt.idx[c], 2 * K2 * (int64_t)sizeof(T), false);
+                if (a.bias) prefetch_bytes(a.bias + 2 * nxt.idx[c], 4 * (int64_t)sizeof(T), false);
+            }
         }
         const T* gp = grad + 2 * (b * img + q.index);
         if (gp[0] == (T)0 && gp[1] == (T)0) continue;
@@ -335,15 +338,18 @@ CVX_INLINE void scatter_items(const Args<T>& a, const ScatterOut<T>& o, const It
     for (int64_t i = lo; i < hi; ++i) {
         const ItemGeo<T>& s = geo[i];
         const int32_t z0 = s.i0[2];
-        if (o.out_k && K > 1 && i + 2 < hi) {  // prefetch (for writing) the rows item i+2 updates
+        if (i + 2 < hi) {  // prefetch (for writing) the rows item i+2 updates
             const ItemGeo<T>& s2 = geo[i + 2];
             for (int dz = 0; dz < 2; ++dz) {
                 const int32_t z = s2.i0[2] + dz;
                 if (z < z_lo || z >= z_hi || s2.i0[1] < 0 || s2.i0[1] + 1 >= Dv || s2.i0[0] < 0 || s2.i0[0] + 1 >= Dh)
                     continue;
                 const int64_t row = ((int64_t)z * Dv + s2.i0[1]) * Dh + s2.i0[0];
-                prefetch_bytes(o.out_k + K2 * row, 2 * K2 * (int64_t)sizeof(T), true);
-                prefetch_bytes(o.out_k + K2 * (row + Dh), 2 * K2 * (int64_t)sizeof(T), true);
+                for (int64_t r : {row, row + Dh}) {
+                    if (o.out_k) prefetch_bytes(o.out_k + K2 * r, 2 * K2 * (int64_t)sizeof(T), true);
+                    if (o.out_1) prefetch_bytes(o.out_1 + 2 * r, 4 * (int64_t)sizeof(T), true);
+                    if (o.out_w) prefetch_bytes(o.out_w + r, 2 * (int64_t)sizeof(T), true);
+                }
             }
         }
         if (z0 + 1 < z_lo || z0 >= z_hi || !s.valid) continue;
