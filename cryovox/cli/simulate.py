@@ -45,6 +45,9 @@ def simulate_map_command(
     resolution: Optional[float] = typer.Option(None, "--resolution",
                                                help="Low-pass the map at this resolution (Å, soft cosine edge)."),
     bfactor: float = typer.Option(0.0, "--bfactor", help="Extra global B-factor (Å²) applied to the map."),
+    center: Optional[tuple[float, float, float]] = typer.Option(
+        None, "--center", help="Model coordinates X Y Z (Å) put at the box centre (default: the centre of mass); "
+        "use the same centre for several conformations so their maps share one frame."),
     force: bool = force_option(),
 ) -> None:
     """Electron-scattering potential of an atomic model (gemmi, electron form factors).
@@ -61,7 +64,8 @@ def simulate_map_command(
     from cryovox.utils.job import setup_logging
 
     setup_logging(None)
-    sim = run_simulate_map(model, output, apix=apix, box=box, resolution=resolution, bfactor=bfactor, force=force)
+    sim = run_simulate_map(model, output, apix=apix, box=box, resolution=resolution, bfactor=bfactor, force=force,
+                           center=center)
     logging.getLogger("cryovox").info(sim.summary(output))
 
 

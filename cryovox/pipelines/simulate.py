@@ -81,11 +81,14 @@ def _fourier_filter_volume(vol, apix: float, *, unblur: float = 0.0, bfactor: fl
 
 
 def simulate_map(model: Path | str, *, apix: float, box: int, resolution: float | None = None,
-                 bfactor: float = 0.0, oversample: int = 2) -> SimulatedMap:
+                 bfactor: float = 0.0, oversample: int = 2,
+                 center: tuple[float, float, float] | None = None) -> SimulatedMap:
     """Electron potential of an atomic model in a ``box³`` grid (see module docstring).
 
     apix: voxel size in Å (> 0); box: edge in voxels (≥ 8); resolution: optional low-pass in Å
-    (≥ 2·apix); bfactor: extra global B-factor in Å² (may be negative to sharpen).
+    (≥ 2·apix); bfactor: extra global B-factor in Å² (may be negative to sharpen); center:
+    model coordinates (x, y, z) in Å placed at voxel box // 2 (default: the model's centre of
+    mass) — give the same centre to several conformations so that their maps share one frame.
     InputError for a missing/unreadable model or one that does not fit in the box.
     """
     import torch
@@ -100,7 +103,7 @@ def simulate_map(model: Path | str, *, apix: float, box: int, resolution: float 
     if resolution is not None and resolution < 2 * apix:
         raise InputError(f"--resolution {resolution:g}: finer than Nyquist ({2 * apix:g} Å for {apix:g} Å/px)")
     st = read_model(model)
-    com = center_of_mass(st)
+    com = center_of_mass(st) if center is None else np.asarray(center, dtype=np.float64)
     origin = com - (box // 2) * apix
     # The fine grid's centre sample (index box·oversample // 2) must land on coarse voxel box // 2
     # after the Fourier crop; for odd boxes that is half a voxel below the cube's middle.
@@ -116,7 +119,8 @@ def simulate_map(model: Path | str, *, apix: float, box: int, resolution: float 
 
 
 def run_simulate_map(model: Path, output: Path, *, apix: float, box: int, resolution: float | None = None,
-                     bfactor: float = 0.0, force: bool = False) -> SimulatedMap:
+                     bfactor: float = 0.0, force: bool = False,
+                     center: tuple[float, float, float] | None = None) -> SimulatedMap:
     """``cryovox simulate map``: compute the map and write it atomically to ``output`` (MRC)."""
     from cryovox.io.mrc import write_map
 
@@ -128,7 +132,7 @@ def run_simulate_map(model: Path, output: Path, *, apix: float, box: int, resolu
         raise InputError(f"{output}: exists (use --force to overwrite)")
     if output.is_dir():
         raise InputError(f"{output}: is a directory; give a file name ending in .mrc")
-    sim = simulate_map(model, apix=apix, box=box, resolution=resolution, bfactor=bfactor)
+    sim = simulate_map(model, apix=apix, box=box, resolution=resolution, bfactor=bfactor, center=center)
     write_map(output, sim.data, sim.apix, origin=sim.origin)
     return sim
 
