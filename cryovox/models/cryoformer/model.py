@@ -81,7 +81,8 @@ class CryoFormerModel(HeteroModel):
                  enc_width: int = 256, enc_layers: int = 3, enc_radius: float | None = None,
                  radius: float | None = None, support: float | None = None, decoder: str = "transformer",
                  deformation: bool = True, refine_poses: bool = True, pose_pretrain_epochs: int = 1,
-                 projection: str = "field", chunk: int = 262144, init_steps: int = 200, init_points: int = 8192):
+                 pose_offsets: bool = True, pose_lr: float = 3e-3, n_particles: int = 0,
+                 projection: str = "voxel", chunk: int = 262144, init_steps: int = 200, init_points: int = 8192):
         super().__init__()
         if zdim < 1:
             raise ValueError("zdim must be >= 1")
@@ -104,7 +105,8 @@ class CryoFormerModel(HeteroModel):
                             enc_width=int(enc_width), enc_layers=int(enc_layers), enc_radius=self.enc_radius,
                             radius=self.radius, support=self.support, decoder=str(decoder),
                             deformation=bool(deformation), refine_poses=bool(refine_poses),
-                            pose_pretrain_epochs=int(pose_pretrain_epochs), projection=str(projection),
+                            pose_pretrain_epochs=int(pose_pretrain_epochs), pose_offsets=bool(pose_offsets),
+                            pose_lr=float(pose_lr), n_particles=int(n_particles), projection=str(projection),
                             chunk=int(chunk),
                             init_steps=int(init_steps), init_points=int(init_points))
         self.deformation, self.refine_poses = bool(deformation), bool(refine_poses)
@@ -114,6 +116,9 @@ class CryoFormerModel(HeteroModel):
         n_in = self.enc_box ** 2
         self.encoder = ImageEncoder(n_in, zdim, enc_width, enc_layers) if deformation else None
         self.orientation = OrientationEncoder(n_in, box, enc_width, enc_layers) if refine_poses else None
+        # per-particle pose offsets (rows: particles of the data set; sized by prepare())
+        self.pose_offsets = nn.Parameter(torch.zeros(int(n_particles), 8)) if refine_poses and pose_offsets else None
+        self.pose_lr = float(pose_lr)
         self.spatial = SpatialFeatures(channels, levels, level_features, log2_table, base_resolution,
                                        max_resolution, hidden=channels)
         if decoder == "transformer":
@@ -164,11 +169,13 @@ class CryoFormerModel(HeteroModel):
         (``projection``: see :mod:`.render`)."""
         cond = self.condition(z)
         rot = rot.to(self.density_scale.dtype)
+        params = list(self.spatial.parameters()) + list(self.decoder.parameters())
         if self.projection == "field":
-            return render.project(self.field, cond, rot, self.box, self.support, chunk=self.chunk)
+            return render.project(self.field, cond, rot, self.box, self.support, chunk=self.chunk, params=params)
         inside = self.mask.reshape(-1).nonzero().reshape(-1)
         coords = render.grid_coords(self.box, rot.device, rot.dtype)[inside]
-        dens = render.evaluate_points(self.shared_field, cond, coords, batch=rot.shape[0], chunk=self.chunk)
+        dens = render.evaluate_points(self.shared_field, cond, coords, batch=rot.shape[0], chunk=self.chunk,
+                                      params=params)
         vols = dens.new_zeros(rot.shape[0], self.box ** 3).index_copy(1, inside, dens)
         return render.project_volumes(vols.view(-1, self.box, self.box, self.box), rot, self.support)
 
@@ -219,10 +226,18 @@ class CryoFormerModel(HeteroModel):
             rel = float(loss.detach())
         return rel
 
+    def set_particle_count(self, n: int) -> None:
+        """Size the per-particle pose offsets for a data set of ``n`` particles (zeros; recorded in the config)."""
+        self._config["n_particles"] = int(n)
+        if self.pose_offsets is not None and self.pose_offsets.shape[0] != n:
+            self.pose_offsets = nn.Parameter(torch.zeros(int(n), 8, device=self.pose_offsets.device))
+
     def prepare(self, stats: dict[str, Tensor], consensus: Tensor | None = None, batches=None,
                 n_particles: int = 1) -> None:
         """Data statistics (:meth:`set_data_statistics`); with a consensus map, the density scale and the
-        field's starting point (:meth:`fit_map`); without one, the density scale from the data power."""
+        field's starting point (:meth:`fit_map`); without one, the density scale from the data power;
+        the per-particle pose offsets for ``n_particles``."""
+        self.set_particle_count(n_particles)
         self.set_data_statistics(stats)
         if consensus is not None:
             self.fit_map(consensus)
@@ -262,11 +277,24 @@ class CryoFormerModel(HeteroModel):
             return zero, zero
         return self.encoder(self.encoder_features(batch))
 
-    def poses(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """The orientation encoder's poses ``(R̂ (B, 3, 3), t̂ (B, 2) px)`` (the input poses without refinement)."""
+    def poses(self, batch: dict[str, Tensor], offsets: bool = True) -> tuple[Tensor, Tensor]:
+        """Refined poses ``(R̂ (B, 3, 3), t̂ (B, 2) px)``: the orientation encoder's output plus, with
+        ``offsets``, the particles' own learnt offsets (the input poses without refinement)."""
         if self.orientation is None:
             return batch["rot"], batch["shift"]
-        return self.orientation(self.encoder_features(batch), batch["rot"], batch["shift"])
+        offset = None
+        if offsets and self.pose_offsets is not None and self.pose_offsets.shape[0] > 0:
+            offset = self.pose_offsets[batch["index"]]
+        return self.orientation(self.encoder_features(batch), batch["rot"], batch["shift"], offset)
+
+    def predict(self, z: Tensor, rot: Tensor, ctf: Tensor, shift: Tensor | None = None) -> Tensor:
+        """Noise-free image transforms ``(B, D, D//2+1)`` (the :func:`~cryovox.core.fft.rfftn_c` layout):
+        the projection at ``rot`` ``(B, 3, 3)``, times ``ctf`` ``(B, D, D//2+1)``, translated by ``shift``
+        ``(B, 2)`` px (content at ``r`` moves to ``r + shift``; None: no translation)."""
+        pred = rfftn_c(self.render(z, rot), 2) * ctf
+        if shift is not None:
+            pred = pred * phase_ramp_2d(shift, self.box, half=True)
+        return pred
 
     def loss(self, batch: dict[str, Tensor], *, beta: float = 1.0,
              generator: torch.Generator | None = None) -> CryoFormerLoss:
@@ -284,16 +312,15 @@ class CryoFormerModel(HeteroModel):
         extra = y.real.new_zeros(())
         rot, shift, pose_term = rot_in, None, None
         if self.orientation is not None:
-            R_hat, t_hat = self.poses(batch)
             if self.refining:
-                rot, shift = R_hat, t_hat
-            else:
+                rot, shift = self.poses(batch)
+            else:                                   # pre-training the encoder on the input poses (pose loss)
+                R_hat, t_hat = self.poses(batch, offsets=False)
                 pose_term = pose_loss(R_hat, t_hat, rot_in.to(R_hat.dtype), t_in.to(t_hat.dtype), self.box).mean()
                 extra = extra + pose_term
-        proj = self.render(z, rot)
-        pred = rfftn_c(proj, 2) * ctf
-        if shift is not None:
-            pred = pred * phase_ramp_2d((t_in.to(shift.dtype) - shift), self.box, half=True)
+                if self.pose_offsets is not None and self.pose_offsets.shape[0] > 0:
+                    extra = extra + 0.0 * self.pose_offsets[batch["index"]].sum()   # in the graph (DDP)
+        pred = self.predict(z, rot, ctf, None if shift is None else t_in.to(shift.dtype) - shift)
         nll = gaussian_nll(pred, y, self._inv_var(y.device, y.real.dtype))
         kl = kl_standard_normal(mu, logvar)
         total = (nll + beta * kl).mean() + extra
@@ -343,12 +370,19 @@ class CryoFormerModel(HeteroModel):
                 return a.permute(0, 2, 1).reshape(-1, x.shape[0])                # (B·q, n)
 
             outs.append(render.evaluate_grid(att, cond, self.box, self.mask, chunk=self.chunk,
-                                             per_particle=len(part)))
+                                             per_particle=len(part)).view(-1, len(part), *self.mask.shape))
         return torch.cat(outs, 1)
 
     def param_groups(self, lr: float, basis_lr: float | None = None) -> list[dict[str, Any]]:
-        """Hash-grid tables at ``basis_lr`` (default ``lr``; Instant-NGP trains them at 1e-2); the rest at ``lr``."""
-        tables = [self.spatial.grid.tables]
-        nets = [p for p in self.parameters() if p is not self.spatial.grid.tables]
-        return [{"params": nets, "lr": lr}, {"params": tables, "lr": basis_lr if basis_lr is not None else lr}]
+        """Hash-grid tables at ``basis_lr`` (default ``lr``; Instant-NGP trains them at 1e-2); the per-particle
+        pose offsets at ``pose_lr`` without momentum (each row is seen once per epoch: momentum would keep
+        moving it while other particles are trained); the rest at ``lr``."""
+        tables = self.spatial.grid.tables
+        special = {id(tables)}
+        groups = [{"params": [tables], "lr": basis_lr if basis_lr is not None else lr}]
+        if self.pose_offsets is not None:
+            special.add(id(self.pose_offsets))
+            groups.append({"params": [self.pose_offsets], "lr": self.pose_lr, "betas": (0.0, 0.999)})
+        nets = [p for p in self.parameters() if id(p) not in special]
+        return [{"params": nets, "lr": lr}] + groups
 

@@ -15,19 +15,18 @@ density is zero outside it, whatever the rotation. Two ways to take the density 
 
 Memory stays bounded for any box: points are processed in chunks of at most ``chunk``
 (particle × point) evaluations, and, when gradients are needed and a batch does not fit in one
-chunk, each chunk runs under activation checkpointing (its activations are recomputed in the
-backward pass instead of being kept).
+chunk, each chunk runs under activation checkpointing (:func:`recompute`: its activations are
+recomputed in the backward pass instead of being kept).
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 
 def ball_mask(box: int, support: float, device=None) -> Tensor:
@@ -57,20 +56,51 @@ def ball_points(box: int, support: float, device=None) -> tuple[Tensor, Tensor]:
     return r.to(device), pix.to(device)
 
 
+class _Recompute(torch.autograd.Function):
+    """Activation checkpointing: run ``fn(*inputs)`` without keeping its graph; in the backward, run it
+    again with gradients and differentiate. The parameters ``fn`` reads are passed in explicitly, so
+    their gradients are returned through autograd as for any other input (no nested ``backward``)."""
+
+    @staticmethod
+    def forward(ctx, fn, n_inputs: int, *args: Tensor) -> Tensor:
+        ctx.fn, ctx.n = fn, n_inputs
+        ctx.save_for_backward(*args)
+        with torch.no_grad():
+            return fn(*args[:n_inputs])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        args = ctx.saved_tensors
+        inputs = [a.detach().requires_grad_(a.requires_grad) for a in args[:ctx.n]]
+        wrt = [a for a in inputs + list(args[ctx.n:]) if a.requires_grad]
+        with torch.enable_grad():
+            out = ctx.fn(*inputs)
+        grads = iter(torch.autograd.grad(out, wrt, grad, allow_unused=True) if wrt else ())
+        full = [next(grads) if a.requires_grad else None for a in inputs + list(args[ctx.n:])]
+        return (None, None, *full)
+
+
+def recompute(fn: Callable[..., Tensor], inputs: Sequence[Tensor], params: Sequence[Tensor] = ()) -> Tensor:
+    """``fn(*inputs)`` under activation checkpointing; ``params``: the parameters ``fn`` uses (they get
+    their gradients). Deterministic functions only (the backward runs ``fn`` again)."""
+    return _Recompute.apply(fn, len(inputs), *inputs, *[p for p in params if p.requires_grad])
+
+
 def _chunks(n: int, per: int):
     for s in range(0, n, per):
         yield s, min(n, s + per)
 
 
 def project(field: Callable[[Tensor, object], Tensor], cond, rot: Tensor, box: int, support: float, *,
-            chunk: int = 262144, checkpointing: bool | None = None) -> Tensor:
+            chunk: int = 262144, checkpointing: bool | None = None, params: Sequence[Tensor] = ()) -> Tensor:
     """Projections ``(B, D, D)`` ``[y, x]`` of a field evaluated at the rotated points (``projection="field"``).
 
     field: ``(coords (B, n, 3) in px, cond) → (B, n)`` densities, where ``cond`` is the per-particle
     conditioning (a tensor or tuple of tensors with batch dimension B, passed through unchanged);
     rot: ``(B, 3, 3)``; chunk: at most this many (particle × point) evaluations at once;
     checkpointing: recompute activations in the backward (default: when gradients are enabled and
-    the batch needs more than one chunk).
+    the batch needs more than one chunk); params: the parameters the field uses (needed with
+    checkpointing).
     """
     B = rot.shape[0]
     r, pix = ball_points(box, support, rot.device)
@@ -85,18 +115,18 @@ def project(field: Callable[[Tensor, object], Tensor], cond, rot: Tensor, box: i
 
     image = rot.new_zeros(B, box * box)
     for s, e in _chunks(r.shape[0], per):
-        dens = checkpoint(run, rot, r[s:e], *conds, use_reentrant=False) if checkpointing \
-            else run(rot, r[s:e], *conds)
+        dens = recompute(run, (rot, r[s:e], *conds), params) if checkpointing else run(rot, r[s:e], *conds)
         image = image.index_add(1, pix[s:e], dens.to(image.dtype))
     return image.view(B, box, box)
 
 
 def evaluate_points(density: Callable[[Tensor, object], Tensor], cond, coords: Tensor, *,
-                    batch: int, chunk: int = 262144, checkpointing: bool | None = None) -> Tensor:
+                    batch: int, chunk: int = 262144, checkpointing: bool | None = None,
+                    params: Sequence[Tensor] = ()) -> Tensor:
     """Densities ``(B, n)`` of each particle at the same points ``coords`` ``(n, 3)`` (px).
 
     density: ``(coords (m, 3), cond) → (B, m)`` (the spatial features of the points are computed once
-    for the batch); batch: ``B``; chunk/checkpointing as in :func:`project`.
+    for the batch); batch: ``B``; chunk/checkpointing/params as in :func:`project`.
     """
     per = max(1, int(chunk) // max(1, batch))
     if checkpointing is None:
@@ -108,8 +138,7 @@ def evaluate_points(density: Callable[[Tensor, object], Tensor], cond, coords: T
 
     parts = []
     for s, e in _chunks(coords.shape[0], per):
-        parts.append(checkpoint(run, coords[s:e], *conds, use_reentrant=False) if checkpointing
-                     else run(coords[s:e], *conds))
+        parts.append(recompute(run, (coords[s:e], *conds), params) if checkpointing else run(coords[s:e], *conds))
     return torch.cat(parts, 1)
 
 
