@@ -253,7 +253,7 @@ def train_hetero(particles: Path | str, outdir: Path, *, zdim: int = 8, epochs: 
         net = net.to(ctx.device)
         ddp = dist.wrap_model(net, ctx)
         groups = net.param_groups(lr, basis_lr)
-        opt = torch.optim.Adam(groups)
+        opt = torch.optim.Adam(groups, fused=True)  # one fused kernel per step (CPU and CUDA)
         if ckpt is not None:
             opt.load_state_dict(ckpt["optimizer"])
             set_rng_state(ckpt["rng"])

@@ -54,6 +54,10 @@ class SFBPModel(HeteroModel):
             raise ValueError(f"encoder_input must be one of {ENCODER_INPUTS}")
         self.box, self.apix, self.zdim = int(box), float(apix), int(zdim)
         self.radius = float(box / 2 if radius is None else radius)
+        if not 1 <= self.radius <= box / 2:
+            raise ValueError(f"radius {self.radius:g} px: must lie between 1 and box/2 = {box / 2:g}")
+        if enc_radius is not None and not enc_radius >= 1:
+            raise ValueError(f"encoder radius {enc_radius:g} px: must be at least 1")
         self.enc_radius = float(min(self.radius, box / 4 if enc_radius is None else enc_radius))
         self.enc_box = encoder_box(box, self.enc_radius)
         self._config = dict(box=int(box), apix=float(apix), zdim=int(zdim), n_basis=int(n_basis),
@@ -254,17 +258,17 @@ class SFBPModel(HeteroModel):
         mean, Hermitian weights, whitened units) times ``interp_gain`` (the share of that power that
         trilinear slices keep at off-grid points; :meth:`set_interpolation_gain`)."""
         dec = self.decoder
-        basis = dec.basis_c().detach()
-        order, sw, bounds = self._shell_order(basis.device)
-        V = basis.reshape(basis.shape[0], -1)[:, order] * sw.to(basis.real.dtype)
-        K, n = basis.shape[0], self.box // 2 + 1
-        G = torch.zeros(n, K, K, dtype=basis.real.dtype, device=basis.device)
-        gain = self.interp_gain.to(basis.real.dtype)
+        flat = dec.basis.detach().reshape(-1, self.decoder.n_basis, 2)      # voxel-major (M, K, 2)
+        order, sw, bounds = self._shell_order(flat.device)
+        V = flat[order] * sw.to(flat.dtype)[:, None, None]                   # rows by shell, (m, K, 2)
+        K, n = flat.shape[1], self.box // 2 + 1
+        G = torch.zeros(n, K, K, dtype=flat.dtype, device=flat.device)
+        gain = self.interp_gain.to(flat.dtype)
         for s in range(n):
             a, b = bounds[s], bounds[s + 1]
             if b > a:
-                Vs = V[:, a:b]
-                G[s] = (Vs.conj() @ Vs.transpose(0, 1)).real * (gain[s] / float((sw[a:b] ** 2).sum()))
+                Vr, Vi = V[a:b, :, 0], V[a:b, :, 1]
+                G[s] = (Vr.t() @ Vr + Vi.t() @ Vi) * (gain[s] / float((sw[a:b] ** 2).sum()))
         return G
 
     def basis_features(self, batch: dict[str, Tensor], exact: bool = False) -> Tensor:
