@@ -23,6 +23,11 @@ def eval_vol_command(
     epoch: Optional[int] = typer.Option(None, "--epoch", help="Epoch (0-based; default: the last)."),
     lowpass: Optional[float] = typer.Option(None, "--lowpass", help="Low-pass the maps at this resolution (Å)."),
     flip: bool = typer.Option(False, "--flip", help="Flip the handedness (mirror along z)."),
+    attention: Optional[List[int]] = typer.Option(None, "--attention-map", help="cryoformer: also write the "
+                                                  "per-voxel attention of this query (0-based; repeat for several) "
+                                                  "as <volume>_attn_qNN.mrc, for colouring in ChimeraX."),
+    attention_head: Optional[int] = typer.Option(None, "--attention-head", help="cryoformer: attention of one "
+                                                 "head (default: the mean over heads)."),
     device: str = typer.Option("cpu", "--device", help="auto | cpu | cuda | cuda:N."),
     force: bool = force_option(),
 ) -> None:
@@ -38,7 +43,7 @@ def eval_vol_command(
 
     dev = resolve_device(device)
     kwargs = dict(z=z or None, zfile=zfile, traversal_points=traversal, epoch=epoch, lowpass=lowpass, flip=flip,
-                  device=dev)
+                  device=dev, attention=attention or None, attention_head=attention_head)
     single = output.suffix == ".mrc"
     if single:
         if output.exists() and not force:
@@ -50,7 +55,7 @@ def eval_vol_command(
         logging.getLogger("cryovox").info(result.summary())
         return
     config = dict(traindir=traindir, z=z, zfile=zfile, traversal=traversal, epoch=epoch, lowpass=lowpass, flip=flip,
-                  device=device)
+                  device=device, attention=attention, attention_head=attention_head)
     with job(output, force=force, config=config, command="eval-vol") as run:
         result = eval_vol(traindir, run.dir, **kwargs)
         run.report(result.summary())

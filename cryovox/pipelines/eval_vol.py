@@ -193,14 +193,36 @@ def traversal(z: np.ndarray, a: int, b: int, steps: int) -> np.ndarray:
     return (1 - t) * z[a][None] + t * z[b][None]
 
 
+def attention_maps(model, z: np.ndarray, queries: Sequence[int], head: int | None = None, device="cpu",
+                   source: str = "model") -> np.ndarray:
+    """Per-voxel attention ``(m, len(queries), D, D, D)`` float32 of the chosen queries at each latent point
+    ``z`` ``(m, zdim)`` (models with ``attention_volume``: cryoformer with its transformer decoder); head:
+    one attention head (default: their mean). InputError for other models or out-of-range queries."""
+    import torch
+
+    if not hasattr(model, "attention_volume"):
+        raise InputError(f"{source}: attention maps need a cryoformer model; this is a {model.kind} model")
+    try:
+        with torch.no_grad():
+            att = model.attention_volume(torch.from_numpy(np.asarray(z, dtype=np.float32)).to(device),
+                                         [int(q) for q in queries], head)
+    except ValueError as err:
+        raise InputError(f"--attention-map: {err}") from None
+    return att.float().cpu().numpy()
+
+
 def eval_vol(outdir: Path | str, output: Path, *, z: Sequence[str] | None = None, zfile: Path | None = None,
              traversal_points: tuple[int, int, int] | None = None, epoch: int | None = None,
-             lowpass: float | None = None, flip: bool = False, device="cpu") -> EvalVolResult:
+             lowpass: float | None = None, flip: bool = False, device="cpu",
+             attention: Sequence[int] | None = None, attention_head: int | None = None) -> EvalVolResult:
     """Decode volumes from a train-hetero run.
 
     Exactly one of ``z`` (``-z`` strings, see :func:`parse_z`), ``zfile`` or ``traversal_points``
     ``(a, b, steps)`` (particle rows). ``output`` ending in ``.mrc`` with one volume is that file;
     otherwise ``output`` is a directory receiving ``vol_000.mrc …`` and ``z_values.txt``.
+    attention: query indices whose per-voxel attention (:func:`attention_maps`, ``attention_head``) is
+    written next to each volume as ``<volume>_attn_qNN.mrc`` (values in [0, 1], same grid, pixel
+    size and flip), for colouring the map by region in ChimeraX (``color zone`` / ``volume … style``).
     """
     given = sum(x is not None and (not isinstance(x, (list, tuple)) or len(x) > 0)
                 for x in (z, zfile, traversal_points))
@@ -220,6 +242,7 @@ def eval_vol(outdir: Path | str, output: Path, *, z: Sequence[str] | None = None
     output = Path(output)
     if lowpass is not None and lowpass < 2 * run.apix:
         raise InputError(f"--lowpass {lowpass:g}: finer than Nyquist ({2 * run.apix:g} Å)")
+    att = attention_maps(model, points, attention, attention_head, device, str(run.path)) if attention else None
     if output.suffix == ".mrc" and len(points) == 1:
         paths = [output]
     else:
@@ -234,5 +257,13 @@ def eval_vol(outdir: Path | str, output: Path, *, z: Sequence[str] | None = None
     t0 = time.perf_counter()
     files = write_volumes(model, points, paths, device=device, lowpass=lowpass, flip=flip)
     per = (time.perf_counter() - t0) / max(1, len(files))
+    extra = {}
+    if att is not None:
+        from cryovox.io.mrc import write_map
+
+        extra["attention_files"] = [
+            write_map(path.with_name(f"{path.stem}_attn_q{int(q):02d}.mrc"),
+                      np.ascontiguousarray(att[i, j][::-1] if flip else att[i, j]), run.apix)
+            for i, path in enumerate(paths) for j, q in enumerate(attention)]
     return EvalVolResult(files=files, z=points, epoch=run.epoch, apix=run.apix, box=int(model.box),
-                         seconds_per_volume=per)
+                         seconds_per_volume=per, extra=extra)
