@@ -35,8 +35,10 @@ class SFBPModel(HeteroModel):
     dimension; n_basis: ``K``; enc_width/enc_layers: encoder MLP; dec_width/dec_blocks: the
     residual MLP ``s(z)``; pad: volume oversampling of the basis (1 as in the paper); radius:
     Fourier radius in image pixels used for training and decoding (default ``D / 2``);
-    encoder_input: ``"phase-flip"`` or ``"raw"``; enc_radius: highest frequency (image pixels) shown to
-    the encoder, default ``D / 4`` (see :mod:`.encoder`).
+    enc_features: the encoder's input, ``"basis"`` (the per-particle posterior of the basis
+    coefficients, :meth:`basis_features`), ``"image"`` or ``"both"``; encoder_input (image features):
+    ``"phase-flip"`` or ``"raw"``; enc_radius: highest frequency (image pixels) of the image features,
+    default ``D / 4`` (see :mod:`.encoder`).
     """
 
     kind = "sfbp"
