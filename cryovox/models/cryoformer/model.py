@@ -9,12 +9,21 @@ Per particle (a batch of :class:`cryovox.data.particles.ParticleDataset`):
 * the orientation encoder (:mod:`.poses`) gives a refined pose ``(R̂, t̂)`` from the same image and
   the input pose; for the first ``pose_pretrain_epochs`` epochs it learns the input poses with
   the pose loss while images are rendered at the input poses, afterwards images are rendered at
-  its poses and the image loss refines them (``refine_poses=False``: input poses throughout);
+  its poses and the image loss refines them (``refine_poses=False``: input poses throughout).
+  With ``pose_offsets`` (default) each particle also has its own learnt offset of the encoder's
+  output (8 numbers, zero at the start, trained by the image loss without momentum at
+  ``pose_lr``): an amortised MLP alone cannot learn per-particle corrections in a few epochs
+  (each particle is seen once per epoch), the offsets can (a semi-amortised scheme as in
+  cryoSPIN and cryoDRGN's pose SGD; not in the CryoFormer paper);
 * the density field ``σ(x, z)`` (:mod:`.decoder`: hash-grid spatial features, query-based
   deformation transformer, spatial cross-attention, density head) is projected in real space along
-  z of the rotated grid (:mod:`.render`), transformed (:func:`cryovox.core.fft.rfftn_c`), multiplied
-  by the particle's CTF, shifted by ``t_in − t̂`` (the dataset's images are already centred by the
-  input shift ``t_in``), and compared with the image transform.
+  z of the rotated grid (:mod:`.render`; ``projection="voxel"``, the default, decodes each
+  particle's map on the voxel grid, where the spatial features are shared by the batch, and samples
+  it trilinearly at the rotated points — about 3× faster on a CPU; ``"field"`` evaluates the
+  network at every rotated point, as the paper does), transformed
+  (:func:`cryovox.core.fft.rfftn_c`), multiplied by the particle's CTF, shifted by ``t_in − t̂``
+  (the dataset's images are already centred by the input shift ``t_in``), and compared with the
+  image transform.
 
 Objective per particle: ``nll = ½ Σ_k w_k |Y − Ŷ|² / σ²`` over the Fourier samples inside
 ``radius`` (``w`` the Hermitian weights; by Parseval this is the real-space squared error of the

@@ -1,0 +1,251 @@
+"""``train-hetero --model cryoformer`` on the hinge set of ``bench_hetero.py``, side by side with SFBP.
+
+Data: as :mod:`bench_hetero` makes it (chain B of 1A28 turning about the dimer interface by
+``0 … --angle`` degrees in ``--states`` maps; ``cryovox simulate particles``: random poses, CTF,
+shifts, white noise at ``--snr``), at a scale for a 2-core CPU (defaults: box 32, 1000 particles).
+
+Sections (``--sections``, comma-separated):
+
+* ``accuracy``: SFBP and CryoFormer (input poses, no refinement: both models use the given poses)
+  on the clean poses: |Spearman ρ| of PC1 of z against the true state, FSC-AUC per state of the map
+  decoded at the mean z of the state's particles against its true map, seconds per epoch;
+* ``poses``: the input rotations perturbed by a random rotation per particle (rotation vector
+  with isotropic Gaussian components, mean angle ``--perturb`` degrees; shifts kept): CryoFormer with
+  pose refinement (the default) and without; mean rotation error against the simulator's true poses
+  before and after (from the last epoch's ``particles.N.star``), FSC-AUC per state; SFBP on the same
+  perturbed poses for reference;
+* ``ablations`` (on the perturbed set, with ``poses``): no deformation encoder, an MLP instead of the
+  transformer, no refinement, against the full model;
+* ``timing``: seconds per particle of one training step (forward, backward, Adam) of the default
+  model at ``--timing-boxes`` (random data, ``--timing-batch`` particles per step, both projection
+  modes at the first box), peak resident memory of that process, and the implied time per epoch of
+  ``--timing-particles`` particles.
+
+    .venv/bin/python benchmarks/bench_cryoformer.py                                   # all sections
+    .venv/bin/python benchmarks/bench_cryoformer.py --sections timing --timing-boxes 64,128
+    .venv/bin/python benchmarks/bench_cryoformer.py --record                          # append to RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SHARED = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
+
+
+def perturbed_star(star: Path, out: Path, mean_deg: float, seed: int) -> Path:
+    """The particles of ``star`` with each rotation turned by a random small rotation (mean angle ``mean_deg``)."""
+    import torch
+
+    from cryovox.core.rotations import rotvec_to_matrix
+    from cryovox.io.particles import read_particles, write_star
+
+    if out.exists():
+        return out
+    table = read_particles(star)
+    g = torch.Generator().manual_seed(seed)
+    sigma = np.deg2rad(mean_deg) / np.sqrt(8 / np.pi)          # mean of a χ₃ variable is σ·√(8/π)
+    v = torch.randn(len(table), 3, generator=g, dtype=torch.float64) * sigma
+    R = torch.from_numpy(table.rotations) @ rotvec_to_matrix(v)
+    write_star(out, table.with_poses(R.numpy(), table.shifts))
+    return out
+
+
+def rotation_error(rot: np.ndarray, truth: np.ndarray) -> float:
+    import torch
+
+    from cryovox.core.rotations import geodesic_distance
+
+    return float(geodesic_distance(torch.from_numpy(rot), torch.from_numpy(truth)).mean())
+
+
+def train(name: str, star: Path, work: Path, args, model: str, **options) -> dict:
+    """Train one model; returns the run's latents, decoder, seconds per epoch and the refined poses."""
+    from cryovox.io.particles import read_particles
+    from cryovox.pipelines.eval_vol import decode, load_run
+    from cryovox.pipelines.train_hetero import train_hetero
+
+    out = work / name
+    kw = dict(zdim=8, epochs=args.epochs, batch_size=args.batch_size, device="cpu", seed=args.seed, force=True)
+    if model == "cryoformer":
+        kw["lr"] = args.lr
+        options.setdefault("pose_lr", args.pose_lr)
+    t0 = time.perf_counter()
+    res = train_hetero(star, out, model=model, model_options=options, **kw)
+    total = time.perf_counter() - t0
+    run = load_run(out)
+    last = out / f"particles.{args.epochs - 1}.star"
+    rot = read_particles(last).rotations if last.exists() else None
+    print(f"  {name}: {np.mean(res.seconds):.1f} s/epoch, loss {res.losses[0]:.5g} → {res.losses[-1]:.5g}, "
+          f"{total:.0f} s in all", flush=True)
+    return {"z": run.z, "decode": lambda zs, m=run.model: decode(m, zs), "seconds_per_epoch": float(np.mean(res.seconds)),
+            "rot": rot, "losses": res.losses}
+
+
+def timing_worker(box: int, batch: int, projection: str, steps: int) -> dict:
+    """One process: the default model at ``box``; seconds per particle of a training step, peak RSS (GB)."""
+    import resource
+
+    import torch
+
+    from cryovox.core.ctf import compute_ctf
+    from cryovox.core.fft import rfftn_c
+    from cryovox.core.rotations import random_rotations
+    from cryovox.models.cryoformer import CryoFormerModel
+
+    torch.manual_seed(0)
+    model = CryoFormerModel(box=box, apix=128.0 / box, zdim=8, projection=projection, pose_pretrain_epochs=0)
+    model.set_particle_count(batch)
+    g = torch.Generator().manual_seed(1)
+    b = {"image": rfftn_c(torch.randn(batch, box, box, generator=g), 2),
+         "ctf": compute_ctf(box, 128.0 / box, torch.full((batch,), 15000.0), torch.full((batch,), 15000.0),
+                            torch.zeros(batch), 300.0, 2.7, 0.1, half=True, dtype=torch.float32),
+         "rot": random_rotations(batch, generator=g, dtype=torch.float32), "shift": torch.zeros(batch, 2),
+         "index": torch.arange(batch)}
+    opt = torch.optim.Adam(model.param_groups(1e-3, 1e-2))
+    model.train()
+    times = []
+    for _ in range(steps + 1):
+        t0 = time.perf_counter()
+        out = model.loss(b, beta=0.1)
+        opt.zero_grad()
+        out.total.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    per = float(np.median(times[1:])) / batch
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2       # kB → GB
+    return {"box": box, "projection": projection, "batch": batch, "seconds_per_particle": per, "peak_rss_gb": rss,
+            "threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sections", default="accuracy,poses,ablations,timing")
+    p.add_argument("--box", type=int, default=32)
+    p.add_argument("--apix", type=float, default=None, help="Å/px (default: 128 Å / box)")
+    p.add_argument("--particles", type=int, default=1000)
+    p.add_argument("--states", type=int, default=10)
+    p.add_argument("--angle", type=float, default=40.0)
+    p.add_argument("--snr", type=float, default=0.1)
+    p.add_argument("--shift", type=float, default=2.0)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-3, help="cryoformer networks' learning rate")
+    p.add_argument("--pose-lr", type=float, default=3e-3, help="cryoformer per-particle pose offsets' rate")
+    p.add_argument("--perturb", type=float, default=5.0, help="mean rotation error added to the input poses (°)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--timing-boxes", default="64,128")
+    p.add_argument("--timing-batch", type=int, default=4)
+    p.add_argument("--timing-steps", type=int, default=2)
+    p.add_argument("--timing-particles", type=int, default=5000)
+    p.add_argument("--model", type=Path, default=SHARED / "models" / "1a28.pdb.gz")
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/cryovox_bench_cryoformer"))
+    p.add_argument("--record", action="store_true")
+    p.add_argument("--timing-worker", nargs=3, metavar=("BOX", "BATCH", "PROJECTION"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.timing_worker:
+        box, batch, proj = args.timing_worker
+        print(json.dumps(timing_worker(int(box), int(batch), proj, args.timing_steps)))
+        return
+    args.apix = args.apix or 128.0 / args.box
+    sections = set(args.sections.split(","))
+    lines: list[str] = []
+
+    def show(text: str) -> None:
+        print(text, flush=True)
+        lines.append(text)
+
+    if sections & {"accuracy", "poses", "ablations"}:
+        from bench_hetero import evaluate, make_data
+
+        work = args.workdir / f"box{args.box}_n{args.particles}_s{args.states}_snr{args.snr:g}"
+        work.mkdir(parents=True, exist_ok=True)
+        star, states, truth = make_data(work, args)
+        gt = np.load(work / "sim" / "ground_truth.npz")
+        show(f"data: {args.particles} particles, {args.states} hinge states (0–{args.angle:g}°, 1A28 chain B), box "
+             f"{args.box}, {args.apix:g} Å/px, SNR {args.snr:g}, CTF, shifts ±{args.shift:g} px; {args.epochs} epochs, "
+             f"zdim 8, batch {args.batch_size}; cryoformer lr {args.lr:g}, pose-offset lr {args.pose_lr:g}, "
+             f"voxel projection; torch threads {torch.get_num_threads()}")
+        header = f"{'run':<34s} {'|rho|':>6s} {'AUC mean':>8s} {'min':>6s} {'rot err °':>9s} {'s/epoch':>8s}   per-state FSC-AUC"
+
+        def row(name: str, r: dict, rot_err: float | None = None) -> None:
+            ev = evaluate(r["z"], states, truth, r["decode"])
+            r.update(ev)
+            err = "" if rot_err is None else f"{rot_err:.2f}"
+            show(f"{name:<34s} {ev['rho']:6.3f} {ev['auc'].mean():8.3f} {ev['auc'].min():6.3f} {err:>9s} "
+                 f"{r['seconds_per_epoch']:8.1f}   {' '.join(f'{a:.3f}' for a in ev['auc'])}")
+
+        if "accuracy" in sections:
+            show("\naccuracy (input poses = the simulator's):")
+            show(header)
+            sf = train("sfbp_clean", star, work, args, "sfbp")
+            row("sfbp", sf)
+            cf = train("cryoformer_clean", star, work, args, "cryoformer", refine_poses=False)
+            row("cryoformer (no refinement)", cf)
+        if sections & {"poses", "ablations"}:
+            pstar = perturbed_star(star, work / f"perturbed{args.perturb:g}.star", args.perturb, args.seed + 1)
+            from cryovox.io.particles import read_particles
+
+            before = rotation_error(read_particles(pstar).rotations, gt["rotations"])
+            show(f"\npose refinement and ablations (input rotations perturbed: mean error {before:.2f}° "
+                 f"against the true poses; the rot err column is that of the last epoch's refined poses):")
+            show(header)
+            full = train("cryoformer_perturbed", pstar, work, args, "cryoformer")
+            row("cryoformer (full, refinement)", full, rotation_error(full["rot"], gt["rotations"]))
+            off = train("cryoformer_perturbed_norefine", pstar, work, args, "cryoformer", refine_poses=False)
+            row("  no refinement", off, before)
+            if "ablations" in sections:
+                nodef = train("cryoformer_perturbed_nodeform", pstar, work, args, "cryoformer", deformation=False)
+                row("  no deformation encoder", nodef, rotation_error(nodef["rot"], gt["rotations"]))
+                mlp = train("cryoformer_perturbed_mlp", pstar, work, args, "cryoformer", decoder="mlp")
+                row("  MLP instead of transformer", mlp, rotation_error(mlp["rot"], gt["rotations"]))
+            sfp = train("sfbp_perturbed", pstar, work, args, "sfbp")
+            row("sfbp (perturbed poses)", sfp, before)
+            show(f"pose refinement: mean rotation error {before:.2f}° → {rotation_error(full['rot'], gt['rotations']):.2f}°; "
+                 f"mean FSC-AUC with refinement {full['auc'].mean():.3f}, without {off['auc'].mean():.3f}")
+
+    if "timing" in sections:
+        show(f"\ntiming: one training step (forward, backward, Adam) of the default model (64 queries × 64, 3 blocks, "
+             f"16×2 hash levels, 2^15 table), batch {args.timing_batch}, torch threads {args.threads}, "
+             f"CPU {os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f} at start)")
+        show(f"{'box':>4s} {'projection':>10s} {'s/particle':>11s} {'s/epoch of ' + str(args.timing_particles):>16s} "
+             f"{'peak RSS GB':>12s}")
+        boxes = [int(b) for b in args.timing_boxes.split(",") if b]
+        jobs = [(b, "voxel") for b in boxes] + ([(boxes[0], "field")] if boxes else [])
+        for box, proj in jobs:
+            cmd = [sys.executable, __file__, "--threads", str(args.threads), "--timing-steps", str(args.timing_steps),
+                   "--timing-worker", str(box), str(args.timing_batch), proj]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+            r = json.loads(out)
+            show(f"{box:4d} {proj:>10s} {r['seconds_per_particle']:11.3f} "
+                 f"{r['seconds_per_particle'] * args.timing_particles:16.0f} {r['peak_rss_gb']:12.2f}")
+
+    if args.record:
+        cmd = "python benchmarks/bench_cryoformer.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        machine = f"{platform.node()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, " \
+                  f"torch {torch.__version__} ({args.threads} thread(s)), load average {os.getloadavg()[0]:.1f}"
+        with open(HERE / "RESULTS.md", "a") as f:
+            f.write(f"\n## train-hetero --model cryoformer (issue 8) — {time.strftime('%Y-%m-%d %H:%M')}\n\n"
+                    f"Machine: {machine}. Command: `{cmd}`.\n\n```\n" + "\n".join(lines) + "\n```\n")
+
+
+if __name__ == "__main__":
+    main()
