@@ -28,7 +28,6 @@ Use :func:`collate` as the DataLoader's ``collate_fn``.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -37,24 +36,18 @@ from torch import Tensor
 
 from cryovox.core.ctf import compute_ctf
 from cryovox.core.fft import phase_ramp_2d, rfftn_c
+from cryovox.core.masks import spherical_mask
 from cryovox.errors import InputError
 from cryovox.io.mrc import open_stack
 from cryovox.io.particles import ParticleTable
 
 
 def soft_window(size: int, inner: float = 0.85, dtype=torch.float32) -> Tensor:
-    """``(D, D)`` circular window: 1 for ``r <= inner · D/2``, ``½ + ½ cos(π t)`` up to ``r = D/2``, 0 beyond.
-
-    ``r`` is the distance (px) from the centre pixel ``D // 2``; ``t`` runs 0 → 1 over the edge.
-    ``inner >= 1`` gives no window (all ones).
-    """
+    """``(D, D)`` circular window: 1 for ``r <= inner · D/2``, a raised cosine down to 0 at ``r = D/2``
+    (:func:`cryovox.core.masks.spherical_mask` in 2D); ``inner >= 1``: no window (all ones)."""
     if inner >= 1:
         return torch.ones(size, size, dtype=dtype)
-    k = torch.arange(size, dtype=torch.float64) - size // 2
-    r = torch.sqrt(k[:, None] ** 2 + k[None, :] ** 2)
-    r0, r1 = inner * size / 2, size / 2
-    t = ((r - r0) / (r1 - r0)).clamp(0, 1)
-    return (0.5 + 0.5 * torch.cos(math.pi * t)).to(dtype)
+    return spherical_mask(size, inner * size / 2, (1 - inner) * size / 2, ndim=2, dtype=dtype)
 
 
 def _fresh(table: ParticleTable) -> ParticleTable:
