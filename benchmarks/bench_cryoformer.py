@@ -84,6 +84,8 @@ def train(name: str, star: Path, work: Path, args, model: str, **options) -> dic
     if model == "cryoformer":
         kw["lr"] = args.lr
         options.setdefault("pose_lr", args.pose_lr)
+    else:
+        kw["batch_size"] = 64                      # the SFBP defaults of the command line (batch 64, lr 1e-3)
     t0 = time.perf_counter()
     res = train_hetero(star, out, model=model, model_options=options, **kw)
     total = time.perf_counter() - t0

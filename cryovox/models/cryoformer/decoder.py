@@ -5,7 +5,7 @@ For a point ``x`` (volume coordinates in pixels from the centre voxel ``D // 2``
 embedding ``z``:
 
 1. spatial features ``f(x) = MLP(hashgrid(u))`` (``C`` channels; :mod:`.hashgrid`, a tiny MLP);
-2. deformation tokens ``D(z)``: ``n_tokens`` vectors of ``C`` numbers, a linear map of ``z``;
+2. deformation tokens ``D(z) = P + W z``: ``n_tokens`` vectors of ``C`` numbers (``P`` learnt);
 3. queries: ``Q`` learnable vectors (``n_queries × C``) pass ``blocks`` transformer decoder blocks
    (pre-norm: self-attention among the queries, cross-attention from the queries to ``D(z)``,
    a feed-forward network) → ``Q(z)``, the same for every point of the particle;
@@ -52,7 +52,7 @@ class DecoderBlock(nn.Module):
 
     def __init__(self, dim: int, heads: int, ffn: int):
         super().__init__()
-        self.n1, self.n2, self.n3, self.nm = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.n1, self.n2, self.n3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.self_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.cross_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.ffn = FeedForward(dim, ffn)
@@ -61,8 +61,7 @@ class DecoderBlock(nn.Module):
         """q: ``(B, Q, C)`` queries; memory: ``(B, M, C)`` deformation tokens → ``(B, Q, C)``."""
         h = self.n1(q)
         q = q + self.self_attn(h, h, h, need_weights=False)[0]
-        m = self.nm(memory)
-        q = q + self.cross_attn(self.n2(q), m, m, need_weights=False)[0]
+        q = q + self.cross_attn(self.n2(q), memory, memory, need_weights=False)[0]
         return q + self.ffn(self.n3(q))
 
 
@@ -82,8 +81,16 @@ class QueryDecoder(nn.Module):
         self.channels, self.heads, self.n_queries = int(channels), int(heads), int(n_queries)
         self.deformation = bool(deformation)
         self.queries = nn.Parameter(torch.randn(n_queries, channels) * 0.5)
+        # deformation tokens D(z) = P + W z: learnt token vectors P, perturbed by z; W starts small (and
+        # the tokens are not normalised), so that the decoder starts nearly independent of z and learns how
+        # much to use it — a decoder that starts strongly but randomly dependent on z learns to ignore the
+        # (still uninformative) latent, and the posterior collapses
         self.tokens = nn.Linear(zdim, n_tokens * channels) if deformation else None
-        self.token_pos = nn.Parameter(torch.randn(n_tokens, channels) * 0.1)
+        if self.tokens is not None:
+            with torch.no_grad():
+                self.tokens.weight.mul_(0.1)
+                self.tokens.bias.zero_()
+        self.token_pos = nn.Parameter(torch.randn(n_tokens, channels))
         self.n_tokens = int(n_tokens)
         self.blocks = nn.ModuleList([DecoderBlock(channels, heads, 2 * channels) for _ in range(blocks)])
         self.q_norm = nn.LayerNorm(channels)
