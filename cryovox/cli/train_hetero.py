@@ -53,6 +53,9 @@ def train_hetero_command(
                                       "poses with the orientation encoder (written as particles.N.star)."),
     pose_pretrain_epochs: int = typer.Option(1, "--pose-pretrain-epochs", help="cryoformer: epochs that train the "
                                              "orientation encoder on the input poses before it refines them."),
+    pose_prior_deg: float = typer.Option(5.0, "--pose-prior-deg", help="cryoformer: width (degrees) of the "
+                                         "Gaussian prior that keeps refined rotations near the input ones "
+                                         "(0: no prior)."),
     no_deformation: bool = typer.Option(False, "--no-deformation", help="cryoformer ablation: no deformation "
                                         "encoder (one volume for all particles)."),
     mlp_decoder: bool = typer.Option(False, "--mlp-decoder", help="cryoformer ablation: an MLP on (features, z) "
@@ -87,11 +90,13 @@ def train_hetero_command(
             raise InputError(f"--projection {projection}: expected voxel or field")
         if queries < 1:
             raise InputError(f"--queries {queries}: at least one query is needed")
+        if pose_prior_deg < 0:
+            raise InputError(f"--pose-prior-deg {pose_prior_deg:g}: must be >= 0 (0: no prior)")
         model_options = dict(basis_lr=basis_lr, enc_width=enc_width, enc_layers=enc_layers, radius=radius,
                              enc_radius=enc_radius, refine_poses=refine_poses,
                              pose_pretrain_epochs=pose_pretrain_epochs, deformation=not no_deformation,
                              decoder="mlp" if mlp_decoder else "transformer", projection=projection,
-                             n_queries=queries)
+                             n_queries=queries, pose_prior_deg=pose_prior_deg if pose_prior_deg > 0 else None)
     else:
         model_options = dict(n_basis=n_basis, basis_lr=basis_lr, enc_width=enc_width, enc_layers=enc_layers,
                              dec_width=dec_width, dec_blocks=dec_blocks, encoder_input=encoder_input, radius=radius,

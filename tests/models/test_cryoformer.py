@@ -221,7 +221,8 @@ def test_pose_refinement_lowers_the_rotation_error():
 
     torch.manual_seed(5)
     box, n = 16, 12
-    model = CryoFormerModel(box=box, apix=3.0, zdim=2, pose_pretrain_epochs=0, pose_lr=1e-2, **TINY)
+    model = CryoFormerModel(box=box, apix=3.0, zdim=2, pose_pretrain_epochs=0, pose_lr=1e-2, pose_prior_deg=None,
+                            **TINY)
     model.set_particle_count(n)
     model.shared_field = lambda x, cond: gaussian(x)[None].expand(cond[0].shape[0], -1).float()
     true = random_rotations(n, generator=torch.Generator().manual_seed(6), dtype=torch.float32)
@@ -245,3 +246,33 @@ def test_pose_refinement_lowers_the_rotation_error():
     after = float(geodesic_distance(model.loss(batch).rot.double(), true.double()).mean())
     assert before == pytest.approx(8.0, abs=0.3)         # the encoder starts near the input poses
     assert after < 0.5 * before, (before, after)
+
+
+def test_pose_prior_by_hand():
+    """A particle at R_in = I whose offset turns it by θ about z and shifts it by t: the MAP prior adds
+    4 (1 − cos θ) / 4σ_r² + |t|² / 2σ_t² to the loss (6D (1, tan θ, 0, 0, 1, 0) is that turn exactly)."""
+    torch.manual_seed(6)
+    box, theta, t = 12, 0.2, torch.tensor([1.5, -0.5])
+    kw = dict(box=box, apix=2.0, zdim=2, pose_pretrain_epochs=0, pose_prior_px=2.0, **TINY)
+    losses = {}
+    for prior in (None, 4.0):
+        model = CryoFormerModel(pose_prior_deg=prior, **kw).eval()
+        model.set_particle_count(1)
+        with torch.no_grad():
+            last = model.orientation.net[-1]
+            last.weight.zero_()
+            last.bias.zero_()
+            model.pose_offsets[0] = torch.tensor([0.0, math.tan(theta), 0.0, 0.0, 0.0, 0.0, *(t / box).tolist()])
+        g = torch.Generator().manual_seed(7)
+        batch = {"image": torch.randn(1, box, box // 2 + 1, generator=g, dtype=torch.complex64),
+                 "ctf": torch.ones(1, box, box // 2 + 1), "rot": torch.eye(3)[None], "shift": torch.zeros(1, 2),
+                 "index": torch.tensor([0])}
+        torch.manual_seed(8)
+        out = model.loss(batch, beta=0.0)
+        turn = euler_to_matrix(torch.tensor(-math.degrees(theta), dtype=torch.float64), 0.0, 0.0)  # active +θ
+        assert torch.allclose(out.rot[0].double(), turn, atol=1e-6)
+        losses[prior] = float(out.total) - float(out.nll.mean())
+    sr = math.radians(4.0)
+    want = 4 * (1 - math.cos(theta)) / (4 * sr * sr) + float((t ** 2).sum()) / (2 * 2.0 ** 2)
+    assert losses[None] == pytest.approx(0.0, abs=1e-6)
+    assert losses[4.0] == pytest.approx(want, rel=1e-4)

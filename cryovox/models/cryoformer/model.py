@@ -14,7 +14,10 @@ Per particle (a batch of :class:`cryovox.data.particles.ParticleDataset`):
   output (8 numbers, zero at the start, trained by the image loss without momentum at
   ``pose_lr``): an amortised MLP alone cannot learn per-particle corrections in a few epochs
   (each particle is seen once per epoch), the offsets can (a semi-amortised scheme as in
-  cryoSPIN and cryoDRGN's pose SGD; not in the CryoFormer paper);
+  cryoSPIN and cryoDRGN's pose SGD; not in the CryoFormer paper). With ``pose_prior_deg`` the
+  refined poses are maximum-a-posteriori estimates: a Gaussian prior around the input pose
+  (``‖R̂ − R_in‖²_F / 4σ_r² + ‖t̂ − t_in‖² / 2σ_t²`` nats, i.e. ``θ²/2σ_r²`` for a turn by ``θ``)
+  keeps the poses from drifting where the images say little (low SNR);
 * the density field ``σ(x, z)`` (:mod:`.decoder`: hash-grid spatial features, query-based
   deformation transformer, spatial cross-attention, density head) is projected in real space along
   z of the rotated grid (:mod:`.render`; ``projection="voxel"``, the default, decodes each
@@ -38,6 +41,7 @@ model starts its ``V_0`` there.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,9 +81,12 @@ class CryoFormerModel(HeteroModel):
     images (default ``D/4``); radius: Fourier radius (px) of the image loss (default ``D/2``);
     support: radius (px) of the ball where the density lives (default ``D/2``); decoder:
     ``"transformer"`` or ``"mlp"`` (ablation); deformation: False drops the deformation encoder
-    (ablation: one volume for all particles); refine_poses / pose_pretrain_epochs: see the module
-    docstring; chunk: (particle × point) evaluations per rendering chunk (memory bound);
-    init_steps / init_points: consensus fit in :meth:`prepare`.
+    (ablation: one volume for all particles); refine_poses / pose_pretrain_epochs / pose_offsets /
+    pose_lr / pose_prior_deg / pose_prior_px: pose refinement (module docstring; prior widths in
+    degrees and pixels, ``pose_prior_deg=None``: no prior); n_particles: rows of the pose offsets (set
+    by :meth:`prepare`); projection: ``"voxel"`` or ``"field"`` (:mod:`.render`); chunk: (particle ×
+    point) evaluations per rendering chunk (memory bound); init_steps / init_points: consensus fit in
+    :meth:`prepare`.
     """
 
     kind = "cryoformer"
@@ -90,7 +97,8 @@ class CryoFormerModel(HeteroModel):
                  enc_width: int = 256, enc_layers: int = 3, enc_radius: float | None = None,
                  radius: float | None = None, support: float | None = None, decoder: str = "transformer",
                  deformation: bool = True, refine_poses: bool = True, pose_pretrain_epochs: int = 1,
-                 pose_offsets: bool = True, pose_lr: float = 3e-3, n_particles: int = 0,
+                 pose_offsets: bool = True, pose_lr: float = 3e-3, pose_prior_deg: float | None = 5.0,
+                 pose_prior_px: float = 1.0, n_particles: int = 0,
                  projection: str = "voxel", chunk: int = 262144, init_steps: int = 200, init_points: int = 8192):
         super().__init__()
         if zdim < 1:
@@ -116,6 +124,8 @@ class CryoFormerModel(HeteroModel):
                             deformation=bool(deformation), refine_poses=bool(refine_poses),
                             pose_pretrain_epochs=int(pose_pretrain_epochs), pose_offsets=bool(pose_offsets),
                             pose_lr=float(pose_lr), n_particles=int(n_particles), projection=str(projection),
+                            pose_prior_deg=None if pose_prior_deg is None else float(pose_prior_deg),
+                            pose_prior_px=float(pose_prior_px),
                             chunk=int(chunk),
                             init_steps=int(init_steps), init_points=int(init_points))
         self.deformation, self.refine_poses = bool(deformation), bool(refine_poses)
@@ -128,6 +138,9 @@ class CryoFormerModel(HeteroModel):
         # per-particle pose offsets (rows: particles of the data set; sized by prepare())
         self.pose_offsets = nn.Parameter(torch.zeros(int(n_particles), 8)) if refine_poses and pose_offsets else None
         self.pose_lr = float(pose_lr)
+        if pose_prior_deg is not None and not (pose_prior_deg > 0 and pose_prior_px > 0):
+            raise ValueError("pose_prior_deg and pose_prior_px must be > 0 (or pose_prior_deg None: no prior)")
+        self.pose_prior = None if pose_prior_deg is None else (math.radians(pose_prior_deg), float(pose_prior_px))
         self.spatial = SpatialFeatures(channels, levels, level_features, log2_table, base_resolution,
                                        max_resolution, hidden=channels)
         if decoder == "transformer":
@@ -323,6 +336,11 @@ class CryoFormerModel(HeteroModel):
         if self.orientation is not None:
             if self.refining:
                 rot, shift = self.poses(batch)
+                if self.pose_prior is not None:      # Gaussian prior around the input pose (MAP refinement)
+                    sr, st = self.pose_prior
+                    prior = ((rot - rot_in.to(rot.dtype)) ** 2).sum((-2, -1)) / (4 * sr * sr) \
+                        + ((shift - t_in.to(shift.dtype)) ** 2).sum(-1) / (2 * st * st)
+                    extra = extra + prior.mean()
             else:                                   # pre-training the encoder on the input poses (pose loss)
                 R_hat, t_hat = self.poses(batch, offsets=False)
                 pose_term = pose_loss(R_hat, t_hat, rot_in.to(R_hat.dtype), t_in.to(t_hat.dtype), self.box).mean()
