@@ -84,6 +84,8 @@ def train(name: str, star: Path, work: Path, args, model: str, **options) -> dic
     if model == "cryoformer":
         kw["lr"] = args.lr
         options.setdefault("pose_lr", args.pose_lr)
+        options.setdefault("pose_pretrain_epochs", args.pose_pretrain_epochs)
+        options.setdefault("pose_prior_deg", args.pose_prior)
     else:
         kw["batch_size"] = 64                      # the SFBP defaults of the command line (batch 64, lr 1e-3)
     t0 = time.perf_counter()
@@ -139,7 +141,7 @@ def main() -> None:
     p.add_argument("--sections", default="accuracy,poses,ablations,timing")
     p.add_argument("--box", type=int, default=32)
     p.add_argument("--apix", type=float, default=None, help="Å/px (default: 128 Å / box)")
-    p.add_argument("--particles", type=int, default=1000)
+    p.add_argument("--particles", type=int, default=800)
     p.add_argument("--states", type=int, default=10)
     p.add_argument("--angle", type=float, default=40.0)
     p.add_argument("--snr", type=float, default=0.1)
@@ -147,8 +149,10 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3, help="cryoformer networks' learning rate")
-    p.add_argument("--pose-lr", type=float, default=3e-3, help="cryoformer per-particle pose offsets' rate")
+    p.add_argument("--pose-lr", type=float, default=2e-3, help="cryoformer per-particle pose offsets' rate")
     p.add_argument("--perturb", type=float, default=5.0, help="mean rotation error added to the input poses (°)")
+    p.add_argument("--pose-pretrain-epochs", type=int, default=3, help="cryoformer: epochs before refinement")
+    p.add_argument("--pose-prior", type=float, default=5.0, help="cryoformer: pose prior width (°)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--timing-boxes", default="64,128")
@@ -184,8 +188,9 @@ def main() -> None:
         gt = np.load(work / "sim" / "ground_truth.npz")
         show(f"data: {args.particles} particles, {args.states} hinge states (0–{args.angle:g}°, 1A28 chain B), box "
              f"{args.box}, {args.apix:g} Å/px, SNR {args.snr:g}, CTF, shifts ±{args.shift:g} px; {args.epochs} epochs, "
-             f"zdim 8, batch {args.batch_size}; cryoformer lr {args.lr:g}, pose-offset lr {args.pose_lr:g}, "
-             f"voxel projection; torch threads {torch.get_num_threads()}")
+             f"zdim 8; cryoformer batch {args.batch_size}, lr {args.lr:g}, voxel projection, refinement from epoch "
+             f"{args.pose_pretrain_epochs} (pose-offset lr {args.pose_lr:g}, prior {args.pose_prior:g}°); sfbp at its "
+             f"defaults (batch 64); torch threads {torch.get_num_threads()}")
         header = f"{'run':<34s} {'|rho|':>6s} {'AUC mean':>8s} {'min':>6s} {'rot err °':>9s} {'s/epoch':>8s}   per-state FSC-AUC"
 
         def row(name: str, r: dict, rot_err: float | None = None) -> None:

@@ -271,7 +271,7 @@ def test_pose_prior_by_hand():
         out = model.loss(batch, beta=0.0)
         turn = euler_to_matrix(torch.tensor(-math.degrees(theta), dtype=torch.float64), 0.0, 0.0)  # active +θ
         assert torch.allclose(out.rot[0].double(), turn, atol=1e-6)
-        losses[prior] = float(out.total) - float(out.nll.mean())
+        losses[prior] = float(out.total.detach()) - float(out.nll.detach().mean())
     sr = math.radians(4.0)
     want = 4 * (1 - math.cos(theta)) / (4 * sr * sr) + float((t ** 2).sum()) / (2 * 2.0 ** 2)
     assert losses[None] == pytest.approx(0.0, abs=1e-6)
