@@ -18,6 +18,8 @@ def embed_command(
     neighbors: int = typer.Option(5, "--neighbors", "-k", help="Nearest neighbours listed per map in hubs.csv."),
     split: Optional[str] = typer.Option(None, "--split", help="Corpus input: only this split (train, val, test)."),
     projection: str = typer.Option("umap", "--projection", help="umap | pca (fast) for the 2D map."),
+    rotations: int = typer.Option(24, "--rotations", help="Orientations averaged per map (rotation-invariant "
+                                                          "vectors; 1 = the map as it is)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Maps per forward pass."),
     seed: int = seed_option(),
     device: str = device_option(),
@@ -25,7 +27,7 @@ def embed_command(
 ) -> None:
     """Embed maps in the latent space of a trained Cryo-SWAN model and find their nearest neighbours.
 
-    Writes latents.npz (rotation-invariant pooled latent vectors), umap.png, hubs.csv (k nearest
+    Writes latents.npz (pooled latent vectors averaged over --rotations orientations), umap.png, hubs.csv (k nearest
     maps with distances, and how often each map is someone's neighbour) and embed.json (with the
     same-entry nearest-neighbour hit rate for a corpus).
 
@@ -34,10 +36,10 @@ def embed_command(
     from cryovox.utils.job import job
 
     config = dict(model=model, inputs=list(inputs), neighbors=neighbors, split=split, projection=projection,
-                  batch_size=batch_size, seed=seed, device=device)
+                  rotations=rotations, batch_size=batch_size, seed=seed, device=device)
     with job(outdir, force=force, config=config, command="embed") as run:
         from cryovox.pipelines import embed
 
         result = embed.run(model, list(inputs), run.dir, neighbors=neighbors, device=device, split=split,
-                           projection=projection, batch_size=batch_size, seed=seed)
+                           projection=projection, rotations=rotations, batch_size=batch_size, seed=seed)
         run.report(result.summary())

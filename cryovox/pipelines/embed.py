@@ -4,8 +4,11 @@ each map's nearest neighbours in latent space (the paper's "hubs").
 Latent vector of a map: its quantised latent grids (every level) pooled into a
 rotation-invariant descriptor — per channel the mean, the standard deviation and the mean over
 each spherical shell of the grid about its centre voxel (radii rounded to whole voxels, shells
-0 … S/2) — so rotated copies of a map, whose grids are rotated copies of one another up to the
-encoder's equivariance, get nearly the same vector. Columns are z-scored over the maps embedded
+0 … S/2) — and averaged over ``rotations`` orientations of the map (the identity and
+``rotations − 1`` fixed random rotations, cubic B-spline resampling). A convolutional encoder is
+only roughly equivariant to rotations, so the pooled vector of one orientation still depends on
+it; averaging over orientations (group averaging) removes most of that dependence, so rotated
+copies of a map get nearly the same vector. Columns are z-scored over the maps embedded
 together; distances are Euclidean in that space.
 
 Outputs:
@@ -60,16 +63,38 @@ def pooled_descriptor(grid: Tensor) -> Tensor:
     return torch.cat([flat.mean(-1, keepdim=True), flat.std(-1, keepdim=True), shells], -1).flatten(1)
 
 
+def embedding_rotations(n: int, seed: int = 0) -> Tensor:
+    """The orientations averaged over: identity then ``n − 1`` uniformly random rotations
+    (fixed by ``seed``), ``(max(n, 1), 3, 3)`` float32."""
+    from cryovox.core.rotations import random_rotations
+
+    eye = torch.eye(3, dtype=torch.float64)[None]
+    if n <= 1:
+        return eye.float()
+    rnd = random_rotations(n - 1, generator=torch.Generator().manual_seed(seed))
+    return torch.cat([eye, rnd.to(torch.float64)]).float()
+
+
 @torch.no_grad()
-def descriptors(model, maps: Tensor, device, batch_size: int = 16, progress: bool = True) -> Tensor:
-    """Pooled descriptors ``(N, F)`` of normalised maps ``(N, D, D, D)``; every level's
-    quantised grid is pooled on its own grid and the results concatenated."""
+def descriptors(model, maps: Tensor, device, batch_size: int = 16, rotations: int = 24, seed: int = 0,
+                progress: bool = True) -> Tensor:
+    """Pooled descriptors ``(N, F)`` of normalised maps ``(N, D, D, D)``: every level's quantised
+    grid pooled on its own grid (:func:`pooled_descriptor`), concatenated, and averaged over the
+    orientations of :func:`embedding_rotations`."""
+    from cryovox.core.transform import rotate
+
+    Rs = embedding_rotations(rotations, seed)
     out = []
     with Progress("embed", total=maps.shape[0], enabled=progress) as bar:
         for s in range(0, maps.shape[0], batch_size):
-            x = maps[s:s + batch_size].to(device)
-            lat = model.latents(x)
-            out.append(torch.cat([pooled_descriptor(g) for g in lat], 1).cpu())
+            x = maps[s:s + batch_size].float()
+            acc = None
+            for k, R in enumerate(Rs):
+                xr = x if k == 0 else rotate(x, R.expand(x.shape[0], 3, 3), order=3)
+                lat = model.latents(xr.to(device))
+                d = torch.cat([pooled_descriptor(g) for g in lat], 1).cpu().double()
+                acc = d if acc is None else acc + d
+            out.append((acc / len(Rs)).float())
             bar.advance(x.shape[0])
     return torch.cat(out)
 
@@ -198,19 +223,21 @@ def _write_plot(path: Path, coords: np.ndarray, labels: Sequence[str], title: st
 
 
 def run(model: Path, inputs: Sequence[Path], outdir: Path, *, neighbors: int = 5, device: str = "auto",
-        split: str | None = None, projection: str = "umap", batch_size: int = 16, seed: int = 0,
-        progress: bool = True) -> EmbedResult:
+        split: str | None = None, projection: str = "umap", rotations: int = 24, batch_size: int = 16,
+        seed: int = 0, progress: bool = True) -> EmbedResult:
     """Embed maps with a ``model.pt`` from train-swan; outputs in ``outdir`` (module docstring).
 
     inputs: one corpus folder (all samples, or those of ``split``) or MRC maps (resampled to
     the model's pixel size, cropped/padded to its box, normalised); neighbors: k of the hubs
-    table; projection: ``umap`` or ``pca``.
+    table; projection: ``umap`` or ``pca``; rotations: orientations averaged per map (1 = none).
     """
     from cryovox.pipelines.train_swan import load_model
     from cryovox.utils.runtime import resolve_device
 
     if neighbors < 1:
         raise InputError(f"--neighbors {neighbors}: must be ≥ 1")
+    if rotations < 1:
+        raise InputError(f"--rotations {rotations}: must be ≥ 1")
     if projection not in ("umap", "pca"):
         raise InputError(f"--projection {projection}: expected umap or pca")
     dev = resolve_device(device)
@@ -218,7 +245,8 @@ def run(model: Path, inputs: Sequence[Path], outdir: Path, *, neighbors: int = 5
     maps, names, labels = _load_inputs(inputs, int(state["box"]), float(state["apix"]), split)
     if maps.shape[0] < 2:
         raise InputError("embed: at least two maps are needed to find neighbours")
-    raw = descriptors(ae, maps, dev, batch_size=batch_size, progress=progress).numpy().astype(np.float64)
+    raw = descriptors(ae, maps, dev, batch_size=batch_size, rotations=rotations, seed=seed,
+                      progress=progress).numpy().astype(np.float64)
     mu, sd = raw.mean(0), raw.std(0)
     vec = (raw - mu) / np.where(sd > 1e-12, sd, 1.0)
     k = min(neighbors, len(names) - 1)
@@ -246,6 +274,7 @@ def run(model: Path, inputs: Sequence[Path], outdir: Path, *, neighbors: int = 5
     _write_plot(outdir / "umap.png", coords, labels, f"{projection.upper()} of {len(names)} latent vectors")
     top = np.argsort(-occurrence)[:5]
     info = {"n_maps": len(names), "dims": int(vec.shape[1]), "neighbors": k, "projection": projection,
+            "rotations_averaged": max(1, rotations),
             "nn_hit_rate": hr, "top_hubs": [{"name": names[i], "k_occurrence": int(occurrence[i])} for i in top]}
     write_text_atomic(outdir / "embed.json", json.dumps(info, indent=1) + "\n")
     return EmbedResult(outdir, len(names), int(vec.shape[1]), hr, projection)

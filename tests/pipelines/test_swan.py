@@ -123,7 +123,7 @@ def test_resume_continues_bit_for_bit(trained, corpus, tmp_path, cli):
 def test_embed_neighbours_are_the_nearest_latent_vectors(trained, corpus, tmp_path, cli):
     out = tmp_path / "embed"
     res = cli("embed", trained / "model.pt", corpus, "-o", out, "--neighbors", "3", "--projection", "pca",
-              "--device", "cpu")
+              "--rotations", "3", "--device", "cpu")
     assert res.code == 0, res
     z = np.load(out / "latents.npz")
     vec, names = z["vectors"].astype(np.float64), list(z["names"])
@@ -142,6 +142,29 @@ def test_embed_neighbours_are_the_nearest_latent_vectors(trained, corpus, tmp_pa
     ids = [n.split("#")[0] for n in names]
     hits = np.mean([ids[int(np.argmin(d[i]))] == ids[i] for i in range(14)])
     assert info["nn_hit_rate"] == pytest.approx(hits)
+
+
+def test_pooled_descriptor_values_and_invariance():
+    """Shell means against a plain loop; exact invariance to axis permutations and to
+    reflections about the centre voxel (which keep every voxel's distance from it)."""
+    from cryovox.core.transform import flip
+    from cryovox.pipelines.embed import pooled_descriptor
+
+    g = torch.randn(2, 3, 6, 6, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    d = pooled_descriptor(g).double()
+    assert d.shape == (2, 3 * (2 + 4))
+    sums, counts = np.zeros((2, 3, 4)), np.zeros(4)
+    for z in range(6):
+        for y in range(6):
+            for x in range(6):
+                r = min(int(round(np.sqrt((z - 3) ** 2 + (y - 3) ** 2 + (x - 3) ** 2))), 3)
+                sums[:, :, r] += g[:, :, z, y, x].numpy()
+                counts[r] += 1
+    ref = np.concatenate([g.flatten(2).mean(-1, keepdim=True).numpy(), g.flatten(2).std(-1, keepdim=True).numpy(),
+                          sums / counts], -1).reshape(2, -1)
+    assert np.allclose(d.numpy(), ref, atol=1e-5)
+    moved = flip(g.permute(0, 1, 4, 2, 3), (0, 2))
+    assert torch.allclose(pooled_descriptor(moved).double(), d, atol=1e-5)
 
 
 def test_generate_writes_maps_on_the_anchor_grid(trained, corpus, tmp_path, cli):
