@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import resource
 import struct
-import time
 
 import mrcfile
 import numpy as np
@@ -208,7 +207,8 @@ def test_gzipped_stack_is_loaded(tmp_path):
 
 
 def test_huge_stack_streams(tmp_path):
-    # an 8 GiB stack (sparse file: takes no disk space) opens instantly and reads one image
+    # an 8 GiB stack (sparse file: takes no disk space) opens lazily: reading a few images
+    # must not pull the stack into memory (peak resident set checked, not wall time)
     n, d = 32768, 256
     path = tmp_path / "huge.mrcs"
     with StackWriter(path, d, 1.0) as w:
@@ -219,11 +219,9 @@ def test_huge_stack_streams(tmp_path):
         f.write(raw)
         f.truncate(1024 + n * d * d * 4)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # peak resident set, KiB
-    t0 = time.perf_counter()
     st = open_stack(path)
     last = st[n - 1]
     mid = st[np.array([10, 20000, 30000])]
-    assert time.perf_counter() - t0 < 2.0
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0 < 256 * 1024  # nowhere near 8 GiB read
     assert len(st) == n and last.shape == (1, d, d) and mid.shape == (3, d, d)
     assert not last.any()
