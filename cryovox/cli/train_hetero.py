@@ -26,8 +26,10 @@ def train_hetero_command(
     basis_lr: float = typer.Option(1e-2, "--basis-lr", help="Adam learning rate of the basis volumes (whitened "
                                                            "units, see the documentation); cryoformer: of the "
                                                            "hash-grid tables."),
-    beta: Optional[float] = typer.Option(None, "--beta", help="Weight of the KL term (1 = the ELBO; default "
-                                                          "1/(2·zdim), cryoDRGN's effective weight)."),
+    beta: Optional[float] = typer.Option(None, "--beta", help="Weight of the KL term at epoch 0 (1 = the ELBO; "
+                                                          "default 1/(2·zdim), cryoDRGN's effective weight)."),
+    beta_ramp: int = typer.Option(5, "--beta-ramp", help="Epochs over which the KL weight rises linearly to 1 "
+                                                         "(0: constant --beta)."),
     enc_width: int = typer.Option(256, "--enc-dim", help="Width of the encoder MLP."),
     enc_layers: int = typer.Option(3, "--enc-layers", help="Hidden layers of the encoder MLP."),
     dec_width: int = typer.Option(64, "--dec-dim", help="Width of the residual MLP s(z)."),
@@ -102,11 +104,11 @@ def train_hetero_command(
                              dec_width=dec_width, dec_blocks=dec_blocks, encoder_input=encoder_input, radius=radius,
                              enc_features=enc_features, enc_radius=enc_radius)
     config = dict(particles=particles, zdim=zdim, epochs=epochs, model=model, batch_size=batch_size, lr=lr,
-                  beta=beta, datadir=datadir, poses=poses, ctf=ctf, resume=resume, num_workers=num_workers,
-                  seed=seed, device=device, init=init, **model_options)
+                  beta=beta, beta_ramp=beta_ramp, datadir=datadir, poses=poses, ctf=ctf, resume=resume,
+                  num_workers=num_workers, seed=seed, device=device, init=init, **model_options)
     with job(outdir, force=force, resume=resume, config=config, command="train-hetero") as run:
         result = train_hetero(particles, run.dir, zdim=zdim, epochs=epochs, model=model,
                               model_options=model_options, batch_size=batch_size, lr=lr, beta=beta,
                               datadir=datadir, poses=poses, ctf=ctf, resume=resume, device=device, seed=seed,
-                              num_workers=num_workers, init=init, force=force)
+                              num_workers=num_workers, init=init, beta_ramp=beta_ramp, force=force)
         run.report(result.summary())

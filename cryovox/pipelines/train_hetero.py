@@ -164,7 +164,7 @@ def train_hetero(particles: Path | str, outdir: Path, *, zdim: int = 8, epochs: 
                  beta: float | None = None, datadir: Path | None = None, poses: Path | None = None,
                  ctf: Path | None = None, resume: bool = False, device: str = "auto", seed: int = 0,
                  num_workers: int = 0, window: float = 0.85, preload: bool | None = None,
-                 init: str = "consensus", init_particles: int = INIT_PARTICLES,
+                 init: str = "consensus", init_particles: int = INIT_PARTICLES, beta_ramp: int = 5,
                  force: bool = False) -> TrainHeteroResult:
     """Train (or resume) a heterogeneity model; see the module docstring for outputs.
 
@@ -176,8 +176,11 @@ def train_hetero(particles: Path | str, outdir: Path, *, zdim: int = 8, epochs: 
     ``basis_lr`` being its hash-grid tables' rate; a model that refines poses gets them written as
     ``particles.N.star`` each epoch it refines); lr: Adam learning rate of the networks; beta: KL weight (default
     ``1 / (2 zdim)``: cryoDRGN's ``β = 1/zdim`` on its per-pixel mean squared error of unit-variance
-    images is this weight relative to the Gaussian log-likelihood; ``β = 1`` is the ELBO, whose
-    pull towards the prior delays the latent from picking up weak heterogeneity); preload: read all
+    images is this weight relative to the Gaussian log-likelihood) at epoch 0, rising linearly to 1
+    (the ELBO) over ``beta_ramp`` epochs (0: constant). A small weight first lets the latent pick up
+    weak heterogeneity, which the ELBO's pull towards the prior delays; the ELBO then stops the
+    latent from spending dimensions on fitting each particle's noise (on the hinge benchmark: PC1
+    |ρ| 0.887 → 0.916, FSC-AUC 0.879 → 0.885 after 20 epochs); preload: read all
     images into memory (default: when they take at most 2 GB); init: ``consensus`` starts the
     model from a Wiener reconstruction of up to ``init_particles`` particles (for sfbp: ``V_0``
     and the noise spectrum from its residuals), ``none`` from the data spectra only; force: an earlier run's epoch
@@ -198,6 +201,8 @@ def train_hetero(particles: Path | str, outdir: Path, *, zdim: int = 8, epochs: 
     basis_lr = options.pop("basis_lr", 1e-2)
     if beta is None:
         beta = 1.0 / (2 * max(1, zdim))
+    if beta_ramp < 0:
+        raise InputError(f"--beta-ramp {beta_ramp}: must be >= 0 epochs")
     _check_options(zdim, epochs, batch_size, lr, beta, dict(options, basis_lr=basis_lr))
     if init not in INITS:
         raise InputError(f"--init {init}: expected one of {', '.join(INITS)}")
@@ -236,6 +241,7 @@ def train_hetero(particles: Path | str, outdir: Path, *, zdim: int = 8, epochs: 
             net.load_state_dict(ckpt["model"])
             start = int(ckpt["epoch"]) + 1
             beta = float(ckpt["train"]["beta"])
+            beta_ramp = int(ckpt["train"].get("beta_ramp", 0))
             zdim = int(cfg["zdim"])
             log.info("resuming from %s (epoch %d); model options from the checkpoint", latest_checkpoint(outdir),
                      start - 1)
@@ -262,7 +268,7 @@ def train_hetero(particles: Path | str, outdir: Path, *, zdim: int = 8, epochs: 
                           ctf=str(Path(ctf).resolve()) if ctf else None, n_particles=n, beta=float(beta),
                           lr=float(lr), basis_lr=None if basis_lr is None else float(basis_lr),
                           batch_size=int(batch_size), seed=int(seed), window=float(window), init=init,
-                          world_size=ctx.world_size)
+                          world_size=ctx.world_size, beta_ramp=int(beta_ramp))
         if ckpt is not None:
             train_info["seed"] = seed = int(ckpt["train"]["seed"])
 
@@ -280,6 +286,7 @@ def train_hetero(particles: Path | str, outdir: Path, *, zdim: int = 8, epochs: 
         for epoch in range(start, epochs):
             t0 = time.monotonic()
             sampler.set_epoch(epoch)
+            beta_now = beta + (1.0 - beta) * min(1.0, epoch / beta_ramp) if beta_ramp > 0 else beta
             gen = _noise_generator(seed, epoch, ctx.rank)
             if hasattr(net, "start_epoch"):       # models with training phases (cryoformer: pose pre-training)
                 net.start_epoch(epoch)
@@ -289,7 +296,7 @@ def train_hetero(particles: Path | str, outdir: Path, *, zdim: int = 8, epochs: 
             with Progress(f"epoch {epoch}", total=len(sampler), enabled=ctx.is_main) as bar:
                 for batch in loader:
                     batch = _to(batch, ctx.device)
-                    out = ddp(batch, beta=beta, generator=gen)
+                    out = ddp(batch, beta=beta_now, generator=gen)
                     opt.zero_grad(set_to_none=True)
                     out.total.backward()
                     opt.step()

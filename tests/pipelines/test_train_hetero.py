@@ -39,9 +39,11 @@ def _kmeans_agreement(z: np.ndarray, states: np.ndarray) -> float:
 
 
 def test_loss_falls_and_latent_separates_the_states(trained, data):
-    losses = [load_checkpoint(trained / f"weights.{e}.pt", kind="sfbp")["loss"][0] for e in range(EPOCHS)]
-    assert losses[-1] < losses[0] - 2.0, losses          # nats per particle
-    assert losses[-1] < min(losses[:3]), losses
+    # [total, nll, kl] per particle; the KL weight rises over the first epochs, the data term is comparable
+    losses = np.array([load_checkpoint(trained / f"weights.{e}.pt", kind="sfbp")["loss"] for e in range(EPOCHS)])
+    assert losses[-1, 0] < losses[0, 0] - 2.0, losses     # nats per particle
+    assert losses[-1, 1] < losses[0, 1] - 2.0, losses
+    assert losses[-1, 1] < losses[:3, 1].min(), losses
     z = pickle.load(open(trained / f"z.{EPOCHS - 1}.pkl", "rb"))
     assert isinstance(z, np.ndarray) and z.dtype == np.float32 and z.shape == (300, 2)
     np.testing.assert_array_equal(np.load(trained / f"z.{EPOCHS - 1}.npz")["z"], z)
