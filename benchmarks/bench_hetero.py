@@ -174,7 +174,12 @@ def run_cryodrgn(star: Path, workdir: Path, args) -> dict:
     cmd = ["train_vae", star, "--poses", pose, "--ctf", ctf, "--zdim", "8", "-n", str(args.epochs),
            "--enc-dim", "256", "--enc-layers", "3", "--dec-dim", "256", "--dec-layers", "3", "-o", out,
            "--no-analysis", "--seed", str(args.seed)]
-    total = run(*cmd, quiet=True)
+    done = out / f"weights.{args.epochs}.pkl"
+    if args.reuse_cryodrgn and done.exists():
+        total = float("nan")
+        print(f"cryoDRGN: reusing the finished run in {out}", flush=True)
+    else:
+        total = run(*cmd, quiet=True)
     log = (out / "run.log").read_text()
     # cryoDRGN logs "# =====> Epoch: N Average gen loss = ..., total loss = ...; Finished in H:MM:SS.ffffff"
     per = [_hms(m) for m in re.findall(r"Finished in (\d+:\d+:\d+(?:\.\d+)?)", log)]
@@ -247,6 +252,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for both tools (torch.set_num_threads / OMP_NUM_THREADS; default: torch's)")
     p.add_argument("--skip-cryodrgn", action="store_true")
+    p.add_argument("--reuse-cryodrgn", action="store_true",
+                   help="reuse a finished cryoDRGN run of the same settings in the work folder (its own log gives "
+                        "its epoch times)")
     p.add_argument("--record", action="store_true", help="append the results to benchmarks/RESULTS.md")
     args = p.parse_args()
     args.apix = args.apix or 128.0 / args.box
@@ -299,7 +307,8 @@ def main() -> None:
         lines.append(f"epoch-time ratio cryoDRGN/cryovox: {np.median(td) / np.median(tv):.1f}x (medians), "
                      f"{td.min() / tv.min():.1f}x (fastest epochs); "
                      f"states where cryovox FSC-AUC >= cryoDRGN: {(cvr['auc'] >= cdr['auc']).sum()}/{args.states}; "
-                     f"cryoDRGN maps used with sign/flip {cdr['choice']}")
+                     f"cryoDRGN maps used with sign/flip {cdr['choice']}"
+                     + ("; cryoDRGN run reused from an earlier invocation" if args.reuse_cryodrgn else ""))
     lines.append("cryovox decode of a full volume (CPU, median of 20): " +
                  ", ".join(f"box {b}: {1000 * t:.1f} ms" for b, t in dec.items()))
     text = "\n".join(lines)
