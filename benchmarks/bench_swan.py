@@ -316,6 +316,18 @@ def main() -> None:
                          f"{t['fsc_auc']:.3f} | {t['iou']:.3f} | {t['f1']:.3f} | {use} ({use_t}) | "
                          f"{m.get('train_maps_per_s') or 0:.1f} |")
             print(lines[-1])
+        if "swan" in res:
+            ref = {m["index"]: m for m in res["swan"]["per_map"]}
+            pairs = []
+            for arch, m in res.items():
+                if arch == "swan":
+                    continue
+                other = [x for x in m["per_map"] if x["index"] in ref]
+                wins_p = np.mean([ref[x["index"]]["psnr"] > x["psnr"] for x in other])
+                wins_a = np.mean([ref[x["index"]]["fsc_auc"] > x["fsc_auc"] for x in other])
+                pairs.append(f"{arch}: PSNR {wins_p:.0%}, FSC-AUC {wins_a:.0%}")
+            lines.append(f"\nPaired, per test map — SWAN better than " + "; ".join(pairs) + ".")
+            print(lines[-1])
         if "embed" not in args.skip:
             e = embed(args, corpus, log)
             lines.append(f"\nembed (swan, test split, {e['n_maps']} maps, {e['dims']}-d pooled latents): "

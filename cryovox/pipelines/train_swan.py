@@ -505,7 +505,9 @@ def run_diffusion(corpus: Path, outdir: Path, *, model: Path, epochs: int = 100,
     except ValueError as err:
         raise InputError(f"{model}: {err}") from None
     ddpm = LatentDDPM(cfg).to(dev)
-    ddpm.set_normalisation(lat.mean(dim=(0, 2, 3, 4)).to(dev), lat.std(dim=(0, 2, 3, 4)).to(dev))
+    mean, std = lat.mean(dim=(0, 2, 3, 4)), lat.std(dim=(0, 2, 3, 4))
+    bound = float(((lat - mean[:, None, None, None]) / std.clamp_min(1e-6)[:, None, None, None]).abs().max())
+    ddpm.set_normalisation(mean.to(dev), std.to(dev), bound)
     opt = torch.optim.AdamW(ddpm.parameters(), lr=lr, weight_decay=weight_decay)
     start_epoch, history = 0, []
     gen = torch.Generator().manual_seed(seed * 7919 + 29 + ctx.rank)

@@ -20,7 +20,11 @@ ignores it (unconditional samples).
 
 Forward process: DDPM with the cosine schedule of Nichol & Dhariwal (2021), ``T`` steps,
 ε-prediction, MSE loss. Sampling: DDIM-style strided updates over ``steps`` ≤ T steps with
-stochasticity ``eta`` (``eta = 1`` and ``steps = T`` is the ancestral DDPM sampler).
+stochasticity ``eta`` (``eta = 1`` and ``steps = T`` is the ancestral DDPM sampler). Near
+``t = T`` the schedule's ᾱ is tiny (≈ 2·10⁻⁶), so the predicted ``x̂_0 = (x_t − √(1−ᾱ) ε̂)/√ᾱ``
+amplifies any error of ε̂ a hundredfold; as in DDPM/DDIM practice (``clip_denoised``) x̂_0 is
+clipped to the range of the training latents (``bound``, stored with the model) and ε̂ is
+recomputed from the clipped x̂_0.
 """
 
 from __future__ import annotations
@@ -87,12 +91,16 @@ class LatentDDPM(nn.Module):
         self.register_buffer("alphas_cumprod", cosine_alphas_cumprod(cfg.timesteps).float())
         self.register_buffer("mean", torch.zeros(c))
         self.register_buffer("std", torch.ones(c))
+        self.register_buffer("bound", torch.tensor(float("inf")))
 
     # ---------------------------------------------------------- data space
-    def set_normalisation(self, mean: Tensor, std: Tensor) -> None:
-        """Per-channel statistics ``(C_lat,)`` of the training latents."""
+    def set_normalisation(self, mean: Tensor, std: Tensor, bound: float | None = None) -> None:
+        """Per-channel statistics ``(C_lat,)`` of the training latents and the largest absolute
+        value of the normalised training latents (the clip range of x̂_0 in sampling)."""
         self.mean.copy_(mean)
         self.std.copy_(std.clamp_min(1e-6))
+        if bound is not None:
+            self.bound.fill_(float(bound))
 
     def normalise(self, latent: Tensor) -> Tensor:
         return (latent - self.mean[:, None, None, None]) / self.std[:, None, None, None]
@@ -158,6 +166,9 @@ class LatentDDPM(nn.Module):
             a_t = float(abar[t])
             a_prev = float(abar[ts[i + 1]]) if i + 1 < len(ts) else 1.0
             x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+            if torch.isfinite(self.bound):
+                x0 = x0.clamp(-float(self.bound), float(self.bound))
+                eps = (x - math.sqrt(a_t) * x0) / math.sqrt(1 - a_t)
             sigma = eta * math.sqrt(max(0.0, (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)))
             direction = math.sqrt(max(0.0, 1 - a_prev - sigma**2)) * eps
             x = math.sqrt(a_prev) * x0 + direction
