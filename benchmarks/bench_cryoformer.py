@@ -92,7 +92,7 @@ def train(name: str, star: Path, work: Path, args, model: str, **options) -> dic
     res = train_hetero(star, out, model=model, model_options=options, **kw)
     total = time.perf_counter() - t0
     run = load_run(out)
-    last = out / f"particles.{args.epochs - 1}.star"
+    last = out / f"particles.{args.epochs}.star"
     rot = read_particles(last).rotations if last.exists() else None
     print(f"  {name}: {np.mean(res.seconds):.1f} s/epoch, loss {res.losses[0]:.5g} → {res.losses[-1]:.5g}, "
           f"{total:.0f} s in all", flush=True)

@@ -161,7 +161,7 @@ def run_cryovox(star: Path, workdir: Path, args) -> dict:
     run = load_run(out)
     return {"z": run.z, "epoch_times": list(res.seconds), "total": total,
             "decode": lambda zs: decode(run.model, zs), "model": run.model, "losses": res.losses,
-            "z_by_epoch": [pickle.load(open(out / f"z.{e}.pkl", "rb")) for e in range(args.epochs)]}
+            "z_by_epoch": [pickle.load(open(out / f"z.{e}.pkl", "rb")) for e in range(1, args.epochs + 1)]}
 
 
 def run_cryodrgn(star: Path, workdir: Path, args) -> dict:

@@ -13,7 +13,7 @@ from cryovox.cli._app import app, device_option, force_option, seed_option
 @app.command("analyze")
 def analyze_command(
     traindir: Path = typer.Argument(..., help="A train-hetero output directory."),
-    epoch: Optional[int] = typer.Option(None, "--epoch", help="Epoch to analyse (0-based; default: the last)."),
+    epoch: Optional[int] = typer.Option(None, "--epoch", help="Epoch to analyse (numbered from 1 as in cryoDRGN; default: the last)."),
     ksample: int = typer.Option(20, "--ksample", help="Number of k-means classes (maps and STAR files)."),
     pc_steps: int = typer.Option(10, "--pc-steps", help="Maps along each of PC1 and PC2."),
     seed: int = seed_option(),

@@ -20,7 +20,7 @@ def eval_vol_command(
     traversal: Optional[Tuple[int, int, int]] = typer.Option(None, "--traversal", help="A B STEPS: STEPS maps on "
                                                              "the line from particle A's z to particle B's z "
                                                              "(0-based particle rows)."),
-    epoch: Optional[int] = typer.Option(None, "--epoch", help="Epoch (0-based; default: the last)."),
+    epoch: Optional[int] = typer.Option(None, "--epoch", help="Epoch (numbered from 1 as in cryoDRGN; default: the last)."),
     lowpass: Optional[float] = typer.Option(None, "--lowpass", help="Low-pass the maps at this resolution (Å)."),
     flip: bool = typer.Option(False, "--flip", help="Flip the handedness (mirror along z)."),
     attention: Optional[List[int]] = typer.Option(None, "--attention-map", help="cryoformer: also write the "

@@ -8,7 +8,8 @@ is prepared from up to ``init_particles`` particles chosen with ``seed``
 with ``init="consensus"``, a Wiener reconstruction of them made as ``cryovox reconstruct``
 makes its map (:func:`cryovox.pipelines.reconstruct.wiener_maps`).
 
-Outputs in OUTDIR, per epoch ``N`` (0-based, as cryoDRGN numbers them):
+Outputs in OUTDIR, after epoch ``N`` (numbered from 1, as cryoDRGN ≥ 3 numbers them, so ``-n 20``
+ends with ``weights.20.pt`` and ``z.20.pkl``):
 ``weights.N.pt`` (checkpoint: ``kind``, model ``config`` and weights, optimizer, epoch, RNG
 states, training options, the particle file), ``z.N.pkl`` (float32 ``(n_particles, zdim)``
 posterior means in particle order, a plain numpy array: cryoDRGN's layout) and ``z.N.npz``
@@ -65,10 +66,10 @@ class TrainHeteroResult:
     def summary(self) -> str:
         if not self.losses:
             return f"{self.kind}: nothing to train ({self.epochs} epochs already done) in {self.outdir}"
-        last = self.epochs - 1
+        last = self.epochs
         per = float(np.mean(self.seconds)) if self.seconds else 0.0
         return (f"{self.kind} model, zdim {self.zdim}, {self.n_particles} particles of {self.box} px "
-                f"({self.apix:g} Å/px): epochs {self.first_epoch}–{last}, loss {self.losses[0]:.4g} → "
+                f"({self.apix:g} Å/px): epochs {self.first_epoch + 1}–{last}, loss {self.losses[0]:.4g} → "
                 f"{self.losses[-1]:.4g}, {per:.1f} s/epoch; weights.{last}.pt, z.{last}.pkl in {self.outdir}")
 
 
@@ -216,8 +217,8 @@ def train_hetero(particles: Path | str, outdir: Path, *, zdim: int = 8, epochs: 
         if last is None:
             raise InputError(f"{outdir}: no weights.N.pt checkpoint to resume from")
         ckpt = load_checkpoint(last, kind=model)
-        if int(ckpt["epoch"]) + 1 >= epochs:
-            raise InputError(f"{last}: {int(ckpt['epoch']) + 1} epochs are already done; "
+        if int(ckpt["epoch"]) >= epochs:
+            raise InputError(f"{last}: {int(ckpt['epoch'])} epochs are already done; "
                              f"give -n larger than that to continue")
 
     ctx = dist.init_distributed(device)
@@ -239,12 +240,12 @@ def train_hetero(particles: Path | str, outdir: Path, *, zdim: int = 8, epochs: 
                                  f"of {cfg.get('box')} px; {particles} has {n} of {dataset.box} px")
             net = build_model(model, cfg)
             net.load_state_dict(ckpt["model"])
-            start = int(ckpt["epoch"]) + 1
+            start = int(ckpt["epoch"])   # epochs are numbered from 1, as in cryoDRGN: weights.N.pt after N epochs
             beta = float(ckpt["train"]["beta"])
             beta_ramp = int(ckpt["train"].get("beta_ramp", 0))
             zdim = int(cfg["zdim"])
-            log.info("resuming from %s (epoch %d); model options from the checkpoint", latest_checkpoint(outdir),
-                     start - 1)
+            log.info("resuming from %s (after epoch %d); model options from the checkpoint",
+                     latest_checkpoint(outdir), start)
         else:
             if force and ctx.is_main and outdir.is_dir():
                 clear_epoch_outputs(outdir)
@@ -293,7 +294,7 @@ def train_hetero(particles: Path | str, outdir: Path, *, zdim: int = 8, epochs: 
             ddp.train()
             totals = torch.zeros(4, dtype=torch.float64, device=ctx.device)  # loss, nll, kl, count
             idx_parts, mu_parts, lv_parts, rot_parts, shift_parts = [], [], [], [], []
-            with Progress(f"epoch {epoch}", total=len(sampler), enabled=ctx.is_main) as bar:
+            with Progress(f"epoch {epoch + 1}/{epochs}", total=len(sampler), enabled=ctx.is_main) as bar:
                 for batch in loader:
                     batch = _to(batch, ctx.device)
                     out = ddp(batch, beta=beta_now, generator=gen)
@@ -322,24 +323,24 @@ def train_hetero(particles: Path | str, outdir: Path, *, zdim: int = 8, epochs: 
                            dist.all_gather_rows(torch.cat(shift_parts).double(), ctx).cpu().numpy())
             loss, nll, kl, count = (totals / totals[3].clamp(min=1)).tolist()[:3] + [float(totals[3])]
             if not math.isfinite(loss):
-                raise RuntimeError(f"training diverged at epoch {epoch} (loss {loss}); lower --lr")
+                raise RuntimeError(f"training diverged at epoch {epoch + 1} (loss {loss}); lower --lr")
             seconds = time.monotonic() - t0
             if ctx.is_main:
                 z = np.zeros((n, zdim), dtype=np.float32)
                 logvar = np.zeros((n, zdim), dtype=np.float32)
                 z[idx], logvar[idx] = mu, lv  # DistributedSampler pads with repeats: same rows twice
                 state = {"model": net.state_dict(), "config": net.config(), "optimizer": opt.state_dict(),
-                         "epoch": epoch, "rng": rng_state(), "train": train_info,
+                         "epoch": epoch + 1, "rng": rng_state(), "train": train_info,
                          "loss": [loss, nll, kl], "seconds": seconds}
-                save_checkpoint(outdir / f"weights.{epoch}.pt", state, kind=net.kind)
-                _write_z(outdir, epoch, z, logvar)
+                save_checkpoint(outdir / f"weights.{epoch + 1}.pt", state, kind=net.kind)
+                _write_z(outdir, epoch + 1, z, logvar)
                 log.info("epoch %d/%d: loss %.6g (nll %.6g, kl %.4g) per particle, %.1f s (%.0f particles/s)",
-                         epoch, epochs - 1, loss, nll, kl, seconds, count / max(seconds, 1e-9))
+                         epoch + 1, epochs, loss, nll, kl, seconds, count / max(seconds, 1e-9))
                 if refined is not None:
-                    moved = _write_poses(outdir / f"particles.{epoch}.star", table, idx, refined[0], refined[1],
+                    moved = _write_poses(outdir / f"particles.{epoch + 1}.star", table, idx, refined[0], refined[1],
                                          dataset.apix)
                     log.info("epoch %d: refined poses in particles.%d.star (mean rotation change from the input "
-                             "%.3g°)", epoch, epoch, moved)
+                             "%.3g°)", epoch + 1, epoch + 1, moved)
             result.losses.append(loss)
             result.seconds.append(seconds)
             dist.barrier(ctx)

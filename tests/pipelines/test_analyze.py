@@ -28,7 +28,7 @@ def trained(tmp_path_factory):
     return out, data
 
 
-def _model_and_z(run, epoch=EPOCHS - 1):
+def _model_and_z(run, epoch=EPOCHS):
     state = load_checkpoint(run / f"weights.{epoch}.pt")
     z = pickle.load(open(run / f"z.{epoch}.pkl", "rb"))
     return model_from_checkpoint(state).eval(), z
@@ -43,7 +43,7 @@ def _decode(model, z) -> np.ndarray:
 def analysed(trained):
     run, data = trained
     assert main(["analyze", str(run), "--ksample", "3", "--pc-steps", "3"]) == 0
-    return run / f"analyze.{EPOCHS - 1}"
+    return run / f"analyze.{EPOCHS}"
 
 
 def test_pca_and_umap(analysed, trained):
@@ -99,7 +99,7 @@ def test_analyze_few_particles_falls_back_to_pca(tmp_path, cli):
                  "--batch-size", "6", "--device", "cpu"]) == 0
     res = cli("analyze", run, "--ksample", "20", "--pc-steps", "2")
     assert res.code == 0, res
-    out = run / "analyze.0"
+    out = run / "analyze.1"
     np.testing.assert_array_equal(np.load(out / "umap.npy"), np.load(out / "pca.npy")[:, :2])
     assert "UMAP skipped" in (out / "run.log").read_text()
     assert len(list((out / "kmeans12").glob("vol_*.mrc"))) == 12  # --ksample capped at the particle count

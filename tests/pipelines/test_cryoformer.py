@@ -37,16 +37,16 @@ def trained(data, tmp_path_factory):
 
 
 def test_training_writes_checkpoints_latents_and_refined_poses(trained, data):
-    states = [load_checkpoint(trained / f"weights.{e}.pt", kind="cryoformer") for e in range(EPOCHS)]
+    states = [load_checkpoint(trained / f"weights.{e}.pt", kind="cryoformer") for e in range(1, EPOCHS + 1)]
     assert states[0]["config"]["n_queries"] == 8 and states[0]["config"]["n_particles"] == 96
     nll = [s["loss"][1] for s in states]
     assert all(np.isfinite(nll)) and nll[-1] < nll[0], nll            # image loss per particle falls
-    z = pickle.load(open(trained / f"z.{EPOCHS - 1}.pkl", "rb"))
+    z = pickle.load(open(trained / f"z.{EPOCHS}.pkl", "rb"))
     assert isinstance(z, np.ndarray) and z.dtype == np.float32 and z.shape == (96, 2)
-    # epoch 0 pre-trains the orientation encoder on the input poses: no refined poses yet
-    assert not (trained / "particles.0.star").exists()
+    # epoch 1 pre-trains the orientation encoder on the input poses: no refined poses yet
+    assert not (trained / "particles.1.star").exists()
     given = read_particles(data["star"])
-    for e in (1, 2):
+    for e in (2, 3):
         refined = read_particles(trained / f"particles.{e}.star")
         assert refined.image_index.tolist() == given.image_index.tolist()
         assert np.allclose(refined.ctf["defocus_u"], given.ctf["defocus_u"])
@@ -54,7 +54,7 @@ def test_training_writes_checkpoints_latents_and_refined_poses(trained, data):
         assert 0.0 < float(moved.mean()) < 5.0                         # refined near the input poses
         assert np.abs(refined.shifts - given.shifts).max() < 3 * data["apix"]
     log = (trained / "run.log").read_text()
-    assert "refined poses in particles.2.star" in log
+    assert "refined poses in particles.3.star" in log
 
 
 def test_eval_vol_maps_and_attention_maps(trained, data, tmp_path):
@@ -85,14 +85,14 @@ def test_resume_continues_bit_for_bit(tmp_path):
     train_hetero(small["star"], straight, epochs=3, model_options=dict(TINY, pose_pretrain_epochs=1), **opts)
     train_hetero(small["star"], resumed, epochs=2, model_options=dict(TINY, pose_pretrain_epochs=1), **opts)
     train_hetero(small["star"], resumed, epochs=3, resume=True, **opts)
-    a = torch.load(straight / "weights.2.pt", weights_only=True)
-    b = torch.load(resumed / "weights.2.pt", weights_only=True)
+    a = torch.load(straight / "weights.3.pt", weights_only=True)
+    b = torch.load(resumed / "weights.3.pt", weights_only=True)
     assert a["model"].keys() == b["model"].keys()
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
-    np.testing.assert_array_equal(pickle.load(open(straight / "z.2.pkl", "rb")),
-                                  pickle.load(open(resumed / "z.2.pkl", "rb")))
-    assert (straight / "particles.2.star").read_text() == (resumed / "particles.2.star").read_text()
+    np.testing.assert_array_equal(pickle.load(open(straight / "z.3.pkl", "rb")),
+                                  pickle.load(open(resumed / "z.3.pkl", "rb")))
+    assert (straight / "particles.3.star").read_text() == (resumed / "particles.3.star").read_text()
 
 
 def _one_line_error(res) -> None:
@@ -116,9 +116,9 @@ def test_attention_maps_of_an_sfbp_run_are_refused(cli, tmp_path):
     run = tmp_path / "sfbp"
     run.mkdir()
     model = SFBPModel(box=12, apix=2.0, zdim=2, n_basis=2)
-    save_checkpoint(run / "weights.0.pt", {"model": model.state_dict(), "config": model.config(), "epoch": 0},
+    save_checkpoint(run / "weights.1.pt", {"model": model.state_dict(), "config": model.config(), "epoch": 1},
                     kind="sfbp")
-    pickle.dump(np.zeros((4, 2), np.float32), open(run / "z.0.pkl", "wb"))
+    pickle.dump(np.zeros((4, 2), np.float32), open(run / "z.1.pkl", "wb"))
     res = cli("eval-vol", run, "-z", "0,0", "-o", tmp_path / "v", "--attention-map", "0")
     _one_line_error(res)
     assert "attention maps need a cryoformer model" in res.err

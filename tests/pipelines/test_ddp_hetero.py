@@ -41,12 +41,12 @@ def test_two_gloo_processes_hold_identical_weights(tmp_path):
     assert w0.keys() == w1.keys()
     for k in w0:
         assert torch.equal(w0[k], w1[k]), k
-    saved = torch.load(out / "weights.0.pt", weights_only=True)
+    saved = torch.load(out / "weights.1.pt", weights_only=True)
     assert saved["train"]["world_size"] == 2
     for k in w0:
         assert torch.equal(saved["model"][k], w0[k]), k
     # 40 particles, batch 8 per process: 3 steps each; the weights moved from their start
     assert saved["optimizer"]["state"][0]["step"].item() == 3
-    z = pickle.load(open(out / "z.0.pkl", "rb"))
+    z = pickle.load(open(out / "z.1.pkl", "rb"))
     assert z.shape == (40, 2)
     assert np.all(np.abs(z).sum(1) > 0)  # every particle's mean came back from one of the two processes

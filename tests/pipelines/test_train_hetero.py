@@ -40,25 +40,25 @@ def _kmeans_agreement(z: np.ndarray, states: np.ndarray) -> float:
 
 def test_loss_falls_and_latent_separates_the_states(trained, data):
     # [total, nll, kl] per particle; the KL weight rises over the first epochs, the data term is comparable
-    losses = np.array([load_checkpoint(trained / f"weights.{e}.pt", kind="sfbp")["loss"] for e in range(EPOCHS)])
+    losses = np.array([load_checkpoint(trained / f"weights.{e}.pt", kind="sfbp")["loss"] for e in range(1, EPOCHS + 1)])
     assert losses[-1, 0] < losses[0, 0] - 2.0, losses     # nats per particle
     assert losses[-1, 1] < losses[0, 1] - 2.0, losses
     assert losses[-1, 1] < losses[:3, 1].min(), losses
-    z = pickle.load(open(trained / f"z.{EPOCHS - 1}.pkl", "rb"))
+    z = pickle.load(open(trained / f"z.{EPOCHS}.pkl", "rb"))
     assert isinstance(z, np.ndarray) and z.dtype == np.float32 and z.shape == (300, 2)
-    np.testing.assert_array_equal(np.load(trained / f"z.{EPOCHS - 1}.npz")["z"], z)
+    np.testing.assert_array_equal(np.load(trained / f"z.{EPOCHS}.npz")["z"], z)
     assert _kmeans_agreement(z, data["states"]) >= 0.9
-    z0 = pickle.load(open(trained / "z.0.pkl", "rb"))
+    z0 = pickle.load(open(trained / "z.1.pkl", "rb"))
     assert _kmeans_agreement(z0, data["states"]) < _kmeans_agreement(z, data["states"])
 
 
 def test_checkpoint_describes_the_run(trained, data):
-    state = load_checkpoint(trained / "weights.0.pt", kind="sfbp")
-    assert state["epoch"] == 0 and state["config"]["zdim"] == 2 and state["config"]["box"] == 24
+    state = load_checkpoint(trained / "weights.1.pt", kind="sfbp")
+    assert state["epoch"] == 1 and state["config"]["zdim"] == 2 and state["config"]["box"] == 24
     assert state["train"]["n_particles"] == 300
     assert read_particles(state["train"]["particles"]).image_index.tolist() == list(range(300))
     log = (trained / "run.log").read_text()
-    assert f"epoch {EPOCHS - 1}/{EPOCHS - 1}: loss" in log
+    assert f"epoch {EPOCHS}/{EPOCHS}: loss" in log
 
 
 def test_resume_continues_bit_for_bit(tmp_path):
@@ -67,18 +67,18 @@ def test_resume_continues_bit_for_bit(tmp_path):
     star = str(small["star"])
     assert main(["train-hetero", star, "-o", str(straight), "-n", "2", *TRAIN]) == 0
     assert main(["train-hetero", star, "-o", str(resumed), "-n", "1", *TRAIN]) == 0
-    assert not (resumed / "weights.1.pt").exists()
+    assert (resumed / "weights.1.pt").exists() and not (resumed / "weights.2.pt").exists()
     assert main(["train-hetero", star, "-o", str(resumed), "-n", "2", "--resume", *TRAIN]) == 0
-    a = torch.load(straight / "weights.1.pt", weights_only=True)
-    b = torch.load(resumed / "weights.1.pt", weights_only=True)
+    a = torch.load(straight / "weights.2.pt", weights_only=True)
+    b = torch.load(resumed / "weights.2.pt", weights_only=True)
     assert a["model"].keys() == b["model"].keys()
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     for i, sa in a["optimizer"]["state"].items():
         for k, v in sa.items():
             assert torch.equal(v, b["optimizer"]["state"][i][k]), (i, k)
-    za = pickle.load(open(straight / "z.1.pkl", "rb"))
-    zb = pickle.load(open(resumed / "z.1.pkl", "rb"))
+    za = pickle.load(open(straight / "z.2.pkl", "rb"))
+    zb = pickle.load(open(resumed / "z.2.pkl", "rb"))
     np.testing.assert_array_equal(za, zb)
 
 
