@@ -532,6 +532,95 @@ std::tuple<at::Tensor, at::Tensor> backproject_cpu(const at::Tensor& images, con
     return {data, weight};
 }
 
+// ---------------------------------------------------------------- meta (shape-only) kernels
+// Registered for the Meta key: meta tensors, FakeTensorMode and torch.compile (dynamo, AOTAutograd)
+// run the ops through these without touching data. Outputs have the shapes, dtypes and strides of
+// the CPU / CUDA kernels' outputs; sizes are SymInts so that dynamic shapes trace. Only the checks
+// that need no data are made here (the real kernels repeat them and check the rest).
+namespace meta {
+
+struct Volume {
+    c10::SymInt Dv;
+    at::ScalarType complex_t, real_t;
+};
+
+Volume project_volume(const c10::optional<at::Tensor>& basis, const c10::optional<at::Tensor>& coeffs,
+                      const c10::optional<at::Tensor>& bias, const at::Tensor& rot, int64_t pad) {
+    const bool has_basis = basis.has_value() && basis->defined();
+    const bool has_bias = bias.has_value() && bias->defined();
+    TORCH_CHECK(has_basis || has_bias, "cryovox::project needs a basis, a bias or both");
+    const at::Tensor& ref = has_basis ? *basis : *bias;
+    TORCH_CHECK(ref.is_complex(), "cryovox: volumes must be complex");
+    TORCH_CHECK(rot.dim() == 3, "cryovox: rot must be (B, 3, 3)");
+    TORCH_SYM_CHECK(rot.sym_size(1).sym_eq(3) & rot.sym_size(2).sym_eq(3), "cryovox: rot must be (B, 3, 3)");
+    TORCH_CHECK(pad >= 1, "cryovox: pad must be >= 1");
+    const c10::SymInt Dv = ref.sym_size(-3);
+    TORCH_SYM_CHECK((Dv % pad).sym_eq(0), "cryovox: volume box is not a multiple of pad ", pad);
+    if (has_basis) {
+        host::check_volume_dims(*basis, "basis", true);
+        TORCH_CHECK(coeffs.has_value() && coeffs->defined() && coeffs->dim() == 2,
+                    "cryovox: coeffs must be (B, K)");
+        TORCH_SYM_CHECK(coeffs->sym_size(0).sym_eq(rot.sym_size(0)) & coeffs->sym_size(1).sym_eq(basis->sym_size(0)),
+                        "cryovox: coeffs must be (B, K)");
+    }
+    if (has_bias) {
+        host::check_volume_dims(*bias, "bias", false);
+        TORCH_CHECK(bias->scalar_type() == ref.scalar_type(), "cryovox: basis and bias dtypes differ");
+    }
+    return {Dv, ref.scalar_type(), c10::toRealValueType(ref.scalar_type())};
+}
+
+at::Tensor project(const c10::optional<at::Tensor>& basis, const c10::optional<at::Tensor>& coeffs,
+                   const c10::optional<at::Tensor>& bias, const at::Tensor& rot, double /*radius*/, int64_t pad) {
+    const Volume v = project_volume(basis, coeffs, bias, rot, pad);
+    const c10::SymInt D = v.Dv / pad;
+    return at::empty_symint({rot.sym_size(0), D, D / 2 + 1}, rot.options().dtype(v.complex_t));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> project_backward(
+    const at::Tensor& grad, const c10::optional<at::Tensor>& basis, const c10::optional<at::Tensor>& coeffs,
+    const c10::optional<at::Tensor>& bias, const at::Tensor& rot, double /*radius*/, int64_t pad,
+    std::array<bool, 4> needs) {
+    const Volume v = project_volume(basis, coeffs, bias, rot, pad);
+    const c10::SymInt B = rot.sym_size(0), D = v.Dv / pad, Dh = v.Dv / 2 + 1;
+    TORCH_CHECK(grad.dim() == 3, "cryovox: grad has shape ", grad.sym_sizes());
+    TORCH_SYM_CHECK(grad.sym_size(0).sym_eq(B) & grad.sym_size(1).sym_eq(D) & grad.sym_size(2).sym_eq(D / 2 + 1),
+                    "cryovox: grad has shape ", grad.sym_sizes());
+    const bool has_basis = basis.has_value() && basis->defined();
+    const bool has_bias = bias.has_value() && bias->defined();
+    const auto copt = rot.options().dtype(v.complex_t), ropt = rot.options().dtype(v.real_t);
+    auto none = [](const at::TensorOptions& o) { return at::empty({0}, o); };
+    at::Tensor g_basis = none(copt), g_coeffs = none(ropt), g_bias = none(copt), g_rot = none(ropt);
+    if (needs[0] && has_basis) {
+        const c10::SymInt K = basis->sym_size(0);
+        g_basis = host::basis_layout(at::empty_symint({v.Dv * v.Dv * Dh, K}, copt), K, v.Dv, Dh);
+    }
+    if (needs[1] && has_basis) g_coeffs = at::empty_symint({B, basis->sym_size(0)}, ropt);
+    if (needs[2] && has_bias) g_bias = at::empty_symint({v.Dv, v.Dv, Dh}, copt);
+    if (needs[3]) g_rot = at::empty_symint({B, 3, 3}, ropt);
+    return {g_basis, g_coeffs, g_bias, g_rot};
+}
+
+std::tuple<at::Tensor, at::Tensor> backproject(const at::Tensor& images, const at::Tensor& rot,
+                                               const c10::optional<at::Tensor>& weights, double /*radius*/,
+                                               int64_t pad) {
+    TORCH_CHECK(images.is_complex() && images.dim() == 3, "cryovox: images must be complex (B, D, D/2+1), got ",
+                images.sym_sizes());
+    TORCH_SYM_CHECK(images.sym_size(2).sym_eq(images.sym_size(1) / 2 + 1),
+                    "cryovox: images must be complex (B, D, D/2+1), got ", images.sym_sizes());
+    TORCH_CHECK(rot.dim() == 3, "cryovox: rot must be (B, 3, 3)");
+    TORCH_SYM_CHECK(rot.sym_size(0).sym_eq(images.sym_size(0)) & rot.sym_size(1).sym_eq(3) & rot.sym_size(2).sym_eq(3),
+                    "cryovox: rot must be (B, 3, 3)");
+    TORCH_CHECK(pad >= 1, "cryovox: pad must be >= 1");
+    if (weights.has_value() && weights->defined())
+        TORCH_CHECK(weights->dim() == 3, "cryovox: weights must match images");
+    const c10::SymInt Dv = images.sym_size(1) * pad, Dh = Dv / 2 + 1;
+    const auto real_t = c10::toRealValueType(images.scalar_type());
+    return {at::empty_symint({Dv, Dv, Dh}, images.options()), at::empty_symint({Dv, Dv, Dh}, rot.options().dtype(real_t))};
+}
+
+}  // namespace meta
+
 }  // namespace
 }  // namespace cryovox
 
@@ -547,6 +636,12 @@ TORCH_LIBRARY_IMPL(cryovox, CPU, m) {
     m.impl("project", &cryovox::project_cpu);
     m.impl("project_backward", &cryovox::project_backward_cpu);
     m.impl("backproject", &cryovox::backproject_cpu);
+}
+
+TORCH_LIBRARY_IMPL(cryovox, Meta, m) {
+    m.impl("project", &cryovox::meta::project);
+    m.impl("project_backward", &cryovox::meta::project_backward);
+    m.impl("backproject", &cryovox::meta::backproject);
 }
 
 // A Python module with no functions: importing cryovox._C loads the library and registers the ops.

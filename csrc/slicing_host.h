@@ -64,6 +64,14 @@ inline at::Tensor pixel_tensor(const std::vector<Pixel>& px, const at::Device& d
     return t.to(device);
 }
 
+// Rank and half-volume shape (..., Dv, Dv, Dv/2+1) of a volume, checked without concrete sizes (meta kernels).
+inline void check_volume_dims(const at::Tensor& t, const char* name, bool batched) {
+    TORCH_CHECK(t.is_complex(), "cryovox: ", name, " must be complex");
+    TORCH_CHECK(t.dim() == (batched ? 4 : 3), "cryovox: ", name, " has shape ", t.sym_sizes());
+    TORCH_SYM_CHECK(t.sym_size(-2).sym_eq(t.sym_size(-3)) & t.sym_size(-1).sym_eq(t.sym_size(-3) / 2 + 1),
+                    "cryovox: ", name, " has shape ", t.sym_sizes(), ", expected (..., Dv, Dv, Dv/2+1)");
+}
+
 inline void check_volume(const at::Tensor& t, int64_t Dv, const char* name, bool batched) {
     TORCH_CHECK(t.is_complex(), "cryovox: ", name, " must be complex");
     TORCH_CHECK(t.dim() == (batched ? 4 : 3) && t.size(-3) == Dv && t.size(-2) == Dv && t.size(-1) == Dv / 2 + 1,
@@ -165,8 +173,13 @@ inline BackprojectInputs prepare_backproject(const at::Tensor& images_in, const 
 
 // (M, K) voxel-major gradient -> (K, Dv, Dv, Dh), a strided view (no copy): autograd hands it on
 // as is to a voxel-major basis and makes it contiguous only where the basis is (K, ...)-contiguous.
+// The meta (shape-only) kernels build their output through the same function, so the strides agree.
+inline at::Tensor basis_layout(const at::Tensor& voxel_major_grad, const c10::SymInt& K, const c10::SymInt& Dv,
+                               const c10::SymInt& Dh) {
+    return voxel_major_grad.t().reshape_symint({K, Dv, Dv, Dh});
+}
 inline at::Tensor basis_layout(const at::Tensor& voxel_major_grad, const Geometry& g) {
-    return voxel_major_grad.t().reshape({g.K, g.Dv, g.Dv, g.Dh});
+    return basis_layout(voxel_major_grad, g.K, g.Dv, g.Dh);
 }
 
 }  // namespace host

@@ -68,6 +68,11 @@ from cryovox.core import _ext
 from cryovox.core._slicing_ref import backproject_ref, project_ref
 from cryovox.core.fft import irfftn_c, rfftn_c
 
+# Load the compiled ops (if built) now, not on the first call: a first call inside torch.compile
+# would otherwise have dynamo trace the import. The ops carry meta kernels (csrc/slicing_cpu.cpp),
+# so FakeTensorMode and torch.compile(fullgraph=True) trace project / backproject without data.
+_ext.available("cpu")
+
 __all__ = [
     "project",
     "project_volume",

@@ -142,6 +142,75 @@ def test_scatter_loses_no_updates_when_all_images_hit_the_same_voxels():
     assert rel(g2, g1) < 1e-12
 
 
+@needs_ext
+def test_meta_kernels_give_the_real_outputs_shapes_dtypes_and_strides():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    basis, coeffs, bias, rot = make(9, 2, 3, 4, seed=11, dtype=torch.complex64)
+    rot = rot.double()  # the kernels convert the poses to the volumes' real dtype
+    go = torch.randn(4, 9, 5, dtype=torch.complex64, generator=torch.Generator().manual_seed(3))
+    calls = [
+        (torch.ops.cryovox.project, (basis, coeffs, bias, rot, 4.5, 2)),
+        (torch.ops.cryovox.project, (None, None, bias, rot, 3.0, 2)),
+        (torch.ops.cryovox.project_backward, (go, basis, coeffs, bias, rot, 4.5, 2, [True, True, True, True])),
+        (torch.ops.cryovox.project_backward, (go, basis, coeffs, None, rot, 4.5, 2, [True, False, True, False])),
+        (torch.ops.cryovox.project_backward, (go, None, None, bias, rot, 4.5, 2, [True, True, True, True])),
+        (torch.ops.cryovox.backproject, (go, rot, go.real.abs(), 4.5, 2)),
+        (torch.ops.cryovox.backproject, (go.to(C128), rot, None, 4.5, 3)),
+    ]
+
+    def meta_of(x):
+        return [(tuple(t.shape), t.stride(), t.dtype, t.device.type) for t in (x if isinstance(x, tuple) else (x,))]
+
+    mode = FakeTensorMode()
+    for op, args in calls:
+        real = meta_of(op(*args))
+        fake = meta_of(op(*[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]))
+        assert fake == real, (op, fake, real)
+        on_meta = [a.to("meta") if isinstance(a, torch.Tensor) else a for a in args]
+        assert meta_of(op(*on_meta)) == [(s, st, dt, "meta") for s, st, dt, _ in real]
+    with pytest.raises(RuntimeError, match="coeffs must be"):  # shape errors are found without data
+        torch.ops.cryovox.project(basis.to("meta"), coeffs[:2].to("meta"), None, rot.to("meta"), 4.5, 2)
+
+
+@needs_ext
+def test_ops_pass_torch_library_opcheck():
+    # schema, autograd registration, FakeTensor and AOTAutograd (dynamic shapes) consistency
+    basis, coeffs, bias, rot = make(8, 1, 2, 3, seed=12)
+    img = torch.randn(3, 8, 5, dtype=C128, generator=torch.Generator().manual_seed(4))
+    leaves = [t.clone().requires_grad_() for t in (basis, coeffs, bias, rot)]
+    for op, args in [
+        (torch.ops.cryovox.project.default, (*leaves, 4.0, 1)),
+        (torch.ops.cryovox.project_backward.default, (img, basis, coeffs, None, rot, 4.0, 1, [True, False, True, True])),
+        (torch.ops.cryovox.backproject.default, (img, rot, img.real.abs(), 4.0, 2)),
+    ]:
+        result = torch.library.opcheck(op, args)
+        assert set(result.values()) == {"SUCCESS"}, (op, result)
+
+
+@needs_ext
+def test_torch_compile_fullgraph_matches_eager():
+    from cryovox.core.slicing import backproject, project
+
+    def step(basis, coeffs, bias, rot, target):
+        img = project(basis, coeffs, bias, rot, pad=2)
+        loss = (img - target).abs().pow(2).sum()
+        data, weight = backproject((img - target).detach(), rot.detach(), pad=2)
+        return loss, data, weight
+
+    basis, coeffs, bias, rot = make(8, 2, 2, 5, seed=13)
+    target = torch.randn(5, 8, 5, dtype=C128, generator=torch.Generator().manual_seed(5))
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    results = []
+    for fn in (step, compiled):
+        leaves = [t.clone().requires_grad_() for t in (basis, coeffs, bias, rot)]
+        loss, data, weight = fn(*leaves, target)
+        results.append((loss, data, weight, *torch.autograd.grad(loss, leaves)))
+    for e, c in zip(*results):
+        assert c.shape == e.shape and rel(c, e) < 1e-12
+    assert results[1][3].abs().max() > 0 and results[1][6].abs().max() > 0  # basis and rotation gradients
+
+
 def test_fallback_to_reference_warns_once():
     code = (
         "import warnings, torch\n"
