@@ -52,7 +52,11 @@ def train_hetero_command(
     num_workers: int = typer.Option(0, "--num-workers", help="DataLoader worker processes."),
     seed: int = seed_option(),
     refine_poses: bool = typer.Option(True, "--refine-poses/--no-refine-poses", help="cryoformer: refine the "
-                                      "poses with the orientation encoder (written as particles.N.star)."),
+                                      "poses by a local search in each particle's decoded map (written as "
+                                      "particles.N.star)."),
+    pose_search_deg: float = typer.Option(4.0, "--pose-search-deg", help="cryoformer: rotation step (degrees) of "
+                                          "the first refining epoch's local search (about the expected pose "
+                                          "error); halved each refining epoch."),
     pose_pretrain_epochs: int = typer.Option(1, "--pose-pretrain-epochs", help="cryoformer: epochs that train the "
                                              "orientation encoder on the input poses before it refines them."),
     pose_prior_deg: float = typer.Option(5.0, "--pose-prior-deg", help="cryoformer: width (degrees) of the "
@@ -94,11 +98,14 @@ def train_hetero_command(
             raise InputError(f"--queries {queries}: at least one query is needed")
         if pose_prior_deg < 0:
             raise InputError(f"--pose-prior-deg {pose_prior_deg:g}: must be >= 0 (0: no prior)")
+        if not pose_search_deg > 0:
+            raise InputError(f"--pose-search-deg {pose_search_deg:g}: must be > 0")
         model_options = dict(basis_lr=basis_lr, enc_width=enc_width, enc_layers=enc_layers, radius=radius,
                              enc_radius=enc_radius, refine_poses=refine_poses,
                              pose_pretrain_epochs=pose_pretrain_epochs, deformation=not no_deformation,
                              decoder="mlp" if mlp_decoder else "transformer", projection=projection,
-                             n_queries=queries, pose_prior_deg=pose_prior_deg if pose_prior_deg > 0 else None)
+                             n_queries=queries, pose_prior_deg=pose_prior_deg if pose_prior_deg > 0 else None,
+                             search_deg=pose_search_deg)
     else:
         model_options = dict(n_basis=n_basis, basis_lr=basis_lr, enc_width=enc_width, enc_layers=enc_layers,
                              dec_width=dec_width, dec_blocks=dec_blocks, encoder_input=encoder_input, radius=radius,

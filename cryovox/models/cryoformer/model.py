@@ -6,17 +6,24 @@ Per particle (a batch of :class:`cryovox.data.particles.ParticleDataset`):
   whitened, low-passed to ``enc_radius``: :func:`cryovox.models.hetero.encoder.encoder_images`)
   gives the posterior ``(mu, logvar)`` of the deformation embedding ``z`` (a VAE, as the other
   models, so that ``analyze`` and ``eval-vol`` read it the same way);
-* the orientation encoder (:mod:`.poses`) gives a refined pose ``(R̂, t̂)`` from the same image and
-  the input pose; for the first ``pose_pretrain_epochs`` epochs it learns the input poses with
-  the pose loss while images are rendered at the input poses, afterwards images are rendered at
-  its poses and the image loss refines them (``refine_poses=False``: input poses throughout).
-  With ``pose_offsets`` (default) each particle also has its own learnt offset of the encoder's
-  output (8 numbers, zero at the start, trained by the image loss without momentum at
-  ``pose_lr``): an amortised MLP alone cannot learn per-particle corrections in a few epochs
-  (each particle is seen once per epoch), the offsets can (a semi-amortised scheme as in
-  cryoSPIN and cryoDRGN's pose SGD; not in the CryoFormer paper). With ``pose_prior_deg`` the
-  refined poses are maximum-a-posteriori estimates: a Gaussian prior around the input pose
-  (``‖R̂ − R_in‖²_F / 4σ_r² + ‖t̂ − t_in‖² / 2σ_t²`` nats, i.e. ``θ²/2σ_r²`` for a turn by ``θ``)
+* the orientation encoder (:mod:`.poses`) gives a pose ``(R̂, t̂)`` from the same image and the
+  input pose. For the first ``pose_pretrain_epochs`` epochs it learns the input poses with the pose
+  loss of the paper while images are rendered at the input poses. Afterwards (``refine_poses``) each
+  batch runs a **local pose search** (:meth:`CryoFormerModel.local_search`): the particle's map, decoded
+  once on the voxel grid, is projected (Fourier slices, :func:`cryovox.core.slicing.project_volume`)
+  at a local SO(3) grid around the particle's current pose estimate (:func:`cryovox.core.so3.local_grid`,
+  27 rotations at step ``s``) and at the orientation encoder's pose, each combined with the in-plane
+  shifts ``t + s_t·{−1, 0, 1}²``; the candidate with the lowest image loss (no gradients) wins, and
+  ``search_levels`` such levels run per batch, each at half the previous step. The step shrinks over
+  the refining epochs, coarse to fine as RELION's local searches: ``s = max(search_deg / 2^k,
+  search_min_deg)`` in the ``k``-th refining epoch (``s_t = search_px · min(1, s / search_deg)``). The winner is kept per
+  particle (buffers ``pose_delta`` and ``pose_dshift``, saved in checkpoints: the next epoch's search
+  starts there, and ``--resume`` continues bit for bit), the training loss is computed at it, and the
+  orientation encoder follows it through the pose loss (an amortised pose predictor, as in the paper,
+  whose output is one of the candidates). Each particle is seen once per epoch; a gradient step on
+  its pose per epoch cannot move it by degrees in a few epochs, a search can. With ``pose_prior_deg``
+  the candidates' scores include a Gaussian prior around the input pose (``‖R − R_in‖²_F / 4σ_r² +
+  ‖t − t_in‖² / 2σ_t²`` nats, i.e. ``θ²/2σ_r²`` for a turn by ``θ``: maximum-a-posteriori poses), which
   keeps the poses from drifting where the images say little (low SNR);
 * the density field ``σ(x, z)`` (:mod:`.decoder`: hash-grid spatial features, query-based
   deformation transformer, spatial cross-attention, density head) is projected in real space along
@@ -81,10 +88,11 @@ class CryoFormerModel(HeteroModel):
     images (default ``D/4``); radius: Fourier radius (px) of the image loss (default ``D/2``);
     support: radius (px) of the ball where the density lives (default ``D/2``); decoder:
     ``"transformer"`` or ``"mlp"`` (ablation); deformation: False drops the deformation encoder
-    (ablation: one volume for all particles); refine_poses / pose_pretrain_epochs / pose_offsets /
-    pose_lr / pose_prior_deg / pose_prior_px: pose refinement (module docstring; prior widths in
-    degrees and pixels, ``pose_prior_deg=None``: no prior); n_particles: rows of the pose offsets (set
-    by :meth:`prepare`); projection: ``"voxel"`` or ``"field"`` (:mod:`.render`); chunk: (particle ×
+    (ablation: one volume for all particles); refine_poses / pose_pretrain_epochs / search_deg /
+    search_min_deg / search_px / search_levels / search_pad / pose_prior_deg / pose_prior_px: pose
+    refinement (module docstring; steps and prior widths in degrees and pixels, ``pose_prior_deg=None``:
+    no prior; ``search_pad``: oversampling of the search's Fourier slices); n_particles: rows of the
+    per-particle pose estimates (set by :meth:`prepare`); projection: ``"voxel"`` or ``"field"`` (:mod:`.render`); chunk: (particle ×
     point) evaluations per rendering chunk (memory bound); init_steps / init_points: consensus fit in
     :meth:`prepare`.
     """
@@ -97,7 +105,8 @@ class CryoFormerModel(HeteroModel):
                  enc_width: int = 256, enc_layers: int = 3, enc_radius: float | None = None,
                  radius: float | None = None, support: float | None = None, decoder: str = "transformer",
                  deformation: bool = True, refine_poses: bool = True, pose_pretrain_epochs: int = 1,
-                 pose_offsets: bool = True, pose_lr: float = 3e-3, pose_prior_deg: float | None = 5.0,
+                 search_deg: float = 4.0, search_min_deg: float = 0.5, search_px: float = 1.0,
+                 search_levels: int = 2, search_pad: int = 2, pose_prior_deg: float | None = 5.0,
                  pose_prior_px: float = 1.0, n_particles: int = 0,
                  projection: str = "voxel", chunk: int = 262144, init_steps: int = 200, init_points: int = 8192):
         super().__init__()
@@ -109,6 +118,9 @@ class CryoFormerModel(HeteroModel):
             raise ValueError(f"projection must be one of {PROJECTIONS}, not {projection!r}")
         if pose_pretrain_epochs < 0:
             raise ValueError("pose_pretrain_epochs must be >= 0")
+        if not (search_deg > 0 and search_min_deg > 0 and search_px >= 0 and search_levels >= 1 and search_pad >= 1):
+            raise ValueError("search_deg and search_min_deg must be > 0, search_px >= 0, search_levels and "
+                             "search_pad >= 1")
         self.box, self.apix, self.zdim = int(box), float(apix), int(zdim)
         self.radius = float(box / 2 if radius is None else radius)
         self.support = float(box / 2 if support is None else support)
@@ -122,8 +134,10 @@ class CryoFormerModel(HeteroModel):
                             enc_width=int(enc_width), enc_layers=int(enc_layers), enc_radius=self.enc_radius,
                             radius=self.radius, support=self.support, decoder=str(decoder),
                             deformation=bool(deformation), refine_poses=bool(refine_poses),
-                            pose_pretrain_epochs=int(pose_pretrain_epochs), pose_offsets=bool(pose_offsets),
-                            pose_lr=float(pose_lr), n_particles=int(n_particles), projection=str(projection),
+                            pose_pretrain_epochs=int(pose_pretrain_epochs), search_deg=float(search_deg),
+                            search_min_deg=float(search_min_deg), search_px=float(search_px),
+                            search_levels=int(search_levels), search_pad=int(search_pad),
+                            n_particles=int(n_particles), projection=str(projection),
                             pose_prior_deg=None if pose_prior_deg is None else float(pose_prior_deg),
                             pose_prior_px=float(pose_prior_px),
                             chunk=int(chunk),
@@ -135,9 +149,15 @@ class CryoFormerModel(HeteroModel):
         n_in = self.enc_box ** 2
         self.encoder = ImageEncoder(n_in, zdim, enc_width, enc_layers) if deformation else None
         self.orientation = OrientationEncoder(n_in, box, enc_width, enc_layers) if refine_poses else None
-        # per-particle pose offsets (rows: particles of the data set; sized by prepare())
-        self.pose_offsets = nn.Parameter(torch.zeros(int(n_particles), 8)) if refine_poses and pose_offsets else None
-        self.pose_lr = float(pose_lr)
+        self.search_deg, self.search_min_deg = float(search_deg), float(search_min_deg)
+        self.search_px, self.search_levels, self.search_pad = float(search_px), int(search_levels), int(search_pad)
+        # each particle's current pose estimate relative to its input pose (R = pose_delta @ R_in,
+        # t = t_in + pose_dshift px); rows: particles of the data set (sized by prepare())
+        self.register_buffer("pose_delta", torch.eye(3, dtype=torch.float64).repeat(int(n_particles), 1, 1))
+        self.register_buffer("pose_dshift", torch.zeros(int(n_particles), 2, dtype=torch.float64))
+        self.register_buffer("pose_seen", torch.zeros(int(n_particles), dtype=torch.bool))  # searched this epoch
+        # per-process state under DDP (each process searches its own particles): not broadcast from rank 0
+        self._ddp_params_and_buffers_to_ignore = ["pose_delta", "pose_dshift", "pose_seen"]
         if pose_prior_deg is not None and not (pose_prior_deg > 0 and pose_prior_px > 0):
             raise ValueError("pose_prior_deg and pose_prior_px must be > 0 (or pose_prior_deg None: no prior)")
         self.pose_prior = None if pose_prior_deg is None else (math.radians(pose_prior_deg), float(pose_prior_px))
@@ -160,8 +180,35 @@ class CryoFormerModel(HeteroModel):
 
     # -- training phase --------------------------------------------------------------------------
     def start_epoch(self, epoch: int) -> None:
-        """Called by ``train-hetero`` before each epoch: selects pose pre-training or refinement."""
+        """Called by ``train-hetero`` before each epoch: selects pose pre-training or refinement and the
+        search step. Under ``torch.distributed`` the processes first exchange the pose estimates of the
+        particles each searched in the previous epoch (a particle searched by two processes, as the
+        sampler's padding does, gets the mean, projected back onto SO(3))."""
         self.epoch = int(epoch)
+        import torch.distributed as tdist
+
+        if tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1 and len(self.pose_seen):
+            seen = self.pose_seen.to(torch.float64)
+            parts = torch.cat([(self.pose_delta * seen[:, None, None]).reshape(-1, 9),
+                               self.pose_dshift * seen[:, None], seen[:, None]], 1)
+            tdist.all_reduce(parts)
+            count = parts[:, -1]
+            hit = count > 0
+            if bool(hit.any()):
+                mean = parts[hit, :9].reshape(-1, 3, 3) / count[hit, None, None]
+                u, _, vt = torch.linalg.svd(mean)
+                with torch.no_grad():
+                    self.pose_delta[hit] = u @ vt
+                    self.pose_dshift[hit] = parts[hit, 9:11] / count[hit, None]
+        with torch.no_grad():
+            self.pose_seen.zero_()
+
+    def search_steps(self) -> tuple[float, float]:
+        """This epoch's first search level's rotation step (degrees) and shift step (px): halved each
+        refining epoch, the rotation step down to ``search_min_deg``."""
+        k = max(0, self.epoch - self.pose_pretrain_epochs)
+        step = max(self.search_deg * 0.5 ** k, self.search_min_deg)
+        return step, self.search_px * min(1.0, step / self.search_deg)
 
     @property
     def refining(self) -> bool:
@@ -186,20 +233,32 @@ class CryoFormerModel(HeteroModel):
         """Per-particle conditioning of the decoder from ``z`` ``(B, zdim)``."""
         return self.decoder.condition(z.to(self.density_scale.dtype))
 
+    def _field_params(self) -> list[Tensor]:
+        return list(self.spatial.parameters()) + list(self.decoder.parameters())
+
+    def volumes(self, cond) -> Tensor:
+        """The B particles' maps ``(B, D, D, D)`` on the voxel grid (zero outside the support), differentiable
+        (chunked, checkpointed when large: :func:`.render.evaluate_points`)."""
+        B = (cond[0] if isinstance(cond, tuple) else cond).shape[0]
+        inside = self.mask.reshape(-1).nonzero().reshape(-1)
+        coords = render.grid_coords(self.box, self.mask.device, self.density_scale.dtype)[inside]
+        dens = render.evaluate_points(self.shared_field, cond, coords, batch=B, chunk=self.chunk,
+                                      params=self._field_params())
+        return dens.new_zeros(B, self.box ** 3).index_copy(1, inside, dens).view(B, self.box, self.box, self.box)
+
+    def _project(self, cond, vols: Tensor | None, rot: Tensor) -> Tensor:
+        """Real-space projections at ``rot``: of ``vols`` (voxel projection) or of the field (``vols`` None)."""
+        rot = rot.to(self.density_scale.dtype)
+        if vols is None:
+            return render.project(self.field, cond, rot, self.box, self.support, chunk=self.chunk,
+                                  params=self._field_params())
+        return render.project_volumes(vols, rot, self.support)
+
     def render(self, z: Tensor, rot: Tensor) -> Tensor:
         """Real-space projections ``(B, D, D)`` of the particles' volumes at poses ``rot`` ``(B, 3, 3)``
         (``projection``: see :mod:`.render`)."""
         cond = self.condition(z)
-        rot = rot.to(self.density_scale.dtype)
-        params = list(self.spatial.parameters()) + list(self.decoder.parameters())
-        if self.projection == "field":
-            return render.project(self.field, cond, rot, self.box, self.support, chunk=self.chunk, params=params)
-        inside = self.mask.reshape(-1).nonzero().reshape(-1)
-        coords = render.grid_coords(self.box, rot.device, rot.dtype)[inside]
-        dens = render.evaluate_points(self.shared_field, cond, coords, batch=rot.shape[0], chunk=self.chunk,
-                                      params=params)
-        vols = dens.new_zeros(rot.shape[0], self.box ** 3).index_copy(1, inside, dens)
-        return render.project_volumes(vols.view(-1, self.box, self.box, self.box), rot, self.support)
+        return self._project(cond, self.volumes(cond) if self.projection == "voxel" else None, rot)
 
     # -- data statistics -------------------------------------------------------------------------
     def set_data_statistics(self, stats: dict[str, Tensor]) -> None:
@@ -249,16 +308,20 @@ class CryoFormerModel(HeteroModel):
         return rel
 
     def set_particle_count(self, n: int) -> None:
-        """Size the per-particle pose offsets for a data set of ``n`` particles (zeros; recorded in the config)."""
+        """Size the per-particle pose estimates for a data set of ``n`` particles (the input poses;
+        recorded in the config)."""
         self._config["n_particles"] = int(n)
-        if self.pose_offsets is not None and self.pose_offsets.shape[0] != n:
-            self.pose_offsets = nn.Parameter(torch.zeros(int(n), 8, device=self.pose_offsets.device))
+        if self.pose_delta.shape[0] != n:
+            dev = self.pose_delta.device
+            self.pose_delta = torch.eye(3, dtype=torch.float64, device=dev).repeat(int(n), 1, 1)
+            self.pose_dshift = torch.zeros(int(n), 2, dtype=torch.float64, device=dev)
+            self.pose_seen = torch.zeros(int(n), dtype=torch.bool, device=dev)
 
     def prepare(self, stats: dict[str, Tensor], consensus: Tensor | None = None, batches=None,
                 n_particles: int = 1) -> None:
         """Data statistics (:meth:`set_data_statistics`); with a consensus map, the density scale and the
         field's starting point (:meth:`fit_map`); without one, the density scale from the data power;
-        the per-particle pose offsets for ``n_particles``."""
+        the per-particle pose estimates for ``n_particles``."""
         self.set_particle_count(n_particles)
         self.set_data_statistics(stats)
         if consensus is not None:
@@ -299,15 +362,80 @@ class CryoFormerModel(HeteroModel):
             return zero, zero
         return self.encoder(self.encoder_features(batch))
 
-    def poses(self, batch: dict[str, Tensor], offsets: bool = True) -> tuple[Tensor, Tensor]:
-        """Refined poses ``(R̂ (B, 3, 3), t̂ (B, 2) px)``: the orientation encoder's output plus, with
-        ``offsets``, the particles' own learnt offsets (the input poses without refinement)."""
+    def poses(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """The orientation encoder's poses ``(R̂ (B, 3, 3), t̂ (B, 2) px)`` (the input poses without refinement)."""
         if self.orientation is None:
             return batch["rot"], batch["shift"]
-        offset = None
-        if offsets and self.pose_offsets is not None and self.pose_offsets.shape[0] > 0:
-            offset = self.pose_offsets[batch["index"]]
-        return self.orientation(self.encoder_features(batch), batch["rot"], batch["shift"], offset)
+        return self.orientation(self.encoder_features(batch), batch["rot"], batch["shift"])
+
+    def current_poses(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """The particles' current pose estimates ``(R (B, 3, 3), t (B, 2) px)``, float64 (the input poses
+        until a search has moved them)."""
+        idx = batch["index"].to(self.pose_delta.device)
+        rot_in, t_in = batch["rot"].to(torch.float64), batch["shift"].to(torch.float64)
+        if self.pose_delta.shape[0] == 0:
+            return rot_in, t_in
+        return self.pose_delta[idx].to(rot_in.device) @ rot_in, t_in + self.pose_dshift[idx].to(t_in.device)
+
+    def pose_prior_nats(self, rot: Tensor, shift: Tensor, rot_in: Tensor, t_in: Tensor) -> Tensor:
+        """The Gaussian pose prior (module docstring) of poses ``rot`` ``(..., 3, 3)``, ``shift`` ``(..., 2)`` px
+        around the input poses (broadcast); zeros without a prior."""
+        if self.pose_prior is None:
+            return rot.new_zeros(rot.shape[:-2])
+        sr, st = self.pose_prior
+        return ((rot - rot_in) ** 2).sum((-2, -1)) / (4 * sr * sr) + ((shift - t_in) ** 2).sum(-1) / (2 * st * st)
+
+    @torch.no_grad()
+    def local_search(self, vols: Tensor, batch: dict[str, Tensor], rot0: Tensor, t0: Tensor, step_deg: float,
+                     step_px: float, levels: int = 1, extra: tuple[Tensor, Tensor] | None = None,
+                     max_moves: int = 2) -> tuple[Tensor, Tensor, Tensor]:
+        """Local pose search of each particle in its own map (module docstring).
+
+        vols: ``(B, D, D, D)`` real maps (image units per voxel); batch: the particles (``image``, ``ctf``,
+        ``rot``/``shift`` the input poses, which the images are centred by); rot0, t0: the starting poses
+        ``(B, 3, 3)``, ``(B, 2)`` px; step_deg / step_px: the first level's steps (each further level
+        halves them; ``step_px`` 0: shifts kept). A level scores the current pose, the rotations of
+        ``local_grid(R, s, 1.5 s)`` (57) and the shifts ``t + s_t·{−1, 0, 1}²`` (all pairs) and moves to
+        the best; while it moves, the level is repeated (at most ``max_moves`` times) before the step is
+        halved, so that a pose can travel further than the steps' sum. extra: one more candidate pose per
+        particle (its rotation), tried at the first level. Returns the best poses (float64) and their scores ``(B,)`` (image loss + prior, nats).
+        """
+        from cryovox.core.slicing import project_volume, volume_to_fourier
+        from cryovox.core.so3 import local_grid
+
+        y, ctf = batch["image"], batch["ctf"]
+        rot_in, t_in = batch["rot"].to(torch.float64), batch["shift"].to(torch.float64)
+        inv_var = self._inv_var(y.device, y.real.dtype)
+        B = vols.shape[0]
+        best_rot, best_t = rot0.to(torch.float64).clone(), t0.to(torch.float64).clone()
+        best = torch.full((B,), math.inf, dtype=torch.float64, device=vols.device)
+        unit = torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64, device=vols.device)
+        grid2 = torch.stack(torch.meshgrid(unit, unit, indexing="ij"), -1).reshape(-1, 2)     # (9, 2)
+        for b in range(B):
+            V = volume_to_fourier(vols[b].detach(), pad=self.search_pad)      # one transform, every level
+            level = moves = 0
+            while level < int(levels):
+                s = step_deg * 0.5 ** level
+                cand = [best_rot[b:b + 1], local_grid(best_rot[b], s, 1.5 * s)[0]]            # (1 + 57, 3, 3)
+                if level == 0 and moves == 0 and extra is not None:
+                    cand.append(extra[0][b:b + 1].to(torch.float64))
+                cand = torch.cat(cand, 0)
+                ts = best_t[b] + (grid2 * step_px * 0.5 ** level if step_px > 0 else grid2[4:5])  # (S, 2)
+                img = project_volume(V, cand.to(V.real.dtype), pad=self.search_pad) * ctf[b]      # (K, D, D/2+1)
+                ramp = phase_ramp_2d((t_in[b] - ts).to(img.real.dtype), self.box, half=True)   # (S, D, D/2+1)
+                score = gaussian_nll(img[:, None] * ramp[None], y[b], inv_var).to(torch.float64)   # (K, S)
+                score = score + self.pose_prior_nats(cand[:, None], ts[None], rot_in[b], t_in[b])
+                j = int(score.reshape(-1).argmin())
+                k, m = divmod(j, score.shape[1])
+                moved = bool(score[k, m] < best[b]) and not math.isinf(float(best[b]))
+                if float(score[k, m]) < float(best[b]):
+                    best[b] = score[k, m]
+                    best_rot[b], best_t[b] = cand[k], ts[m]
+                if moved and moves < max_moves:       # the step still moves the pose: once more at this step
+                    moves += 1
+                else:
+                    level, moves = level + 1, 0
+        return best_rot, best_t, best
 
     def predict(self, z: Tensor, rot: Tensor, ctf: Tensor, shift: Tensor | None = None) -> Tensor:
         """Noise-free image transforms ``(B, D, D//2+1)`` (the :func:`~cryovox.core.fft.rfftn_c` layout):
@@ -333,21 +461,36 @@ class CryoFormerModel(HeteroModel):
         y, ctf, rot_in, t_in = batch["image"], batch["ctf"], batch["rot"], batch["shift"]
         extra = y.real.new_zeros(())
         rot, shift, pose_term = rot_in, None, None
+        cond = self.condition(z)
+        vols = self.volumes(cond) if self.projection == "voxel" else None
         if self.orientation is not None:
-            if self.refining:
-                rot, shift = self.poses(batch)
-                if self.pose_prior is not None:      # Gaussian prior around the input pose (MAP refinement)
-                    sr, st = self.pose_prior
-                    prior = ((rot - rot_in.to(rot.dtype)) ** 2).sum((-2, -1)) / (4 * sr * sr) \
-                        + ((shift - t_in.to(shift.dtype)) ** 2).sum(-1) / (2 * st * st)
-                    extra = extra + prior.mean()
-            else:                                   # pre-training the encoder on the input poses (pose loss)
-                R_hat, t_hat = self.poses(batch, offsets=False)
-                pose_term = pose_loss(R_hat, t_hat, rot_in.to(R_hat.dtype), t_in.to(t_hat.dtype), self.box).mean()
-                extra = extra + pose_term
-                if self.pose_offsets is not None and self.pose_offsets.shape[0] > 0:
-                    extra = extra + 0.0 * self.pose_offsets[batch["index"]].sum()   # in the graph (DDP)
-        pred = self.predict(z, rot, ctf, None if shift is None else t_in.to(shift.dtype) - shift)
+            R_hat, t_hat = self.poses(batch)
+            if self.refining:                       # local search around the current estimates (module docstring)
+                if vols is None:
+                    with torch.no_grad():
+                        search_vols = self.volumes(cond)
+                else:
+                    search_vols = vols.detach()
+                rot0, t0 = self.current_poses(batch)
+                step, step_px = self.search_steps()
+                rot, shift, _ = self.local_search(search_vols, batch, rot0, t0, step, step_px, self.search_levels,
+                                                  extra=(R_hat.detach(), t_hat.detach()))
+                if self.training and self.pose_delta.shape[0] > 0:
+                    idx = batch["index"].to(self.pose_delta.device)
+                    with torch.no_grad():
+                        self.pose_delta[idx] = (rot @ rot_in.to(torch.float64).transpose(-1, -2)).to(
+                            self.pose_delta.device)
+                        self.pose_dshift[idx] = (shift - t_in.to(torch.float64)).to(self.pose_dshift.device)
+                        self.pose_seen[idx] = True
+                target_rot, target_t = rot, shift
+            else:                                   # pre-training the encoder on the input poses
+                target_rot, target_t = rot_in, t_in
+            # the paper's pose loss: the encoder learns the input poses, then follows the searched ones
+            pose_term = pose_loss(R_hat, t_hat, target_rot.to(R_hat.dtype), target_t.to(t_hat.dtype), self.box).mean()
+            extra = extra + pose_term
+        pred = rfftn_c(self._project(cond, vols, rot), 2) * ctf
+        if shift is not None:
+            pred = pred * phase_ramp_2d((t_in.to(torch.float64) - shift).to(pred.real.dtype), self.box, half=True)
         nll = gaussian_nll(pred, y, self._inv_var(y.device, y.real.dtype))
         kl = kl_standard_normal(mu, logvar)
         total = (nll + beta * kl).mean() + extra
@@ -401,15 +544,8 @@ class CryoFormerModel(HeteroModel):
         return torch.cat(outs, 1)
 
     def param_groups(self, lr: float, basis_lr: float | None = None) -> list[dict[str, Any]]:
-        """Hash-grid tables at ``basis_lr`` (default ``lr``; Instant-NGP trains them at 1e-2); the per-particle
-        pose offsets at ``pose_lr`` without momentum (each row is seen once per epoch: momentum would keep
-        moving it while other particles are trained); the rest at ``lr``."""
+        """Hash-grid tables at ``basis_lr`` (default ``lr``; Instant-NGP trains them at 1e-2); the rest at ``lr``."""
         tables = self.spatial.grid.tables
-        special = {id(tables)}
-        groups = [{"params": [tables], "lr": basis_lr if basis_lr is not None else lr}]
-        if self.pose_offsets is not None:
-            special.add(id(self.pose_offsets))
-            groups.append({"params": [self.pose_offsets], "lr": self.pose_lr, "betas": (0.0, 0.999)})
-        nets = [p for p in self.parameters() if id(p) not in special]
-        return [{"params": nets, "lr": lr}] + groups
+        nets = [p for p in self.parameters() if p is not tables]
+        return [{"params": nets, "lr": lr}, {"params": [tables], "lr": basis_lr if basis_lr is not None else lr}]
 

@@ -11,8 +11,8 @@ as a fraction of the box). Its output is read as a correction of the input pose:
 ``R̂ = sixd_to_matrix(6D(R_in) + Δ)``, ``t̂ = t_in + D · δ`` (pixels), so that a network that has
 learnt to output zero reproduces the input poses. It is first trained on the input poses with
 the pose loss of CryoFormer (:func:`pose_loss`, ``‖R̂ − R_in‖²_F + ‖(t̂ − t_in)/D‖²``), then the image
-loss refines it. The model may add a per-particle learnt offset to its output (``offset``; see
-:class:`cryovox.models.cryoformer.CryoFormerModel`, ``pose_offsets``).
+loss refines it (in :class:`cryovox.models.cryoformer.CryoFormerModel` by following the poses of the
+model's local pose search through the same pose loss; its output is one of the search's candidates).
 """
 
 from __future__ import annotations
@@ -65,14 +65,9 @@ class OrientationEncoder(nn.Module):
         self.net = nn.Sequential(*mods)
         self.box = int(box)
 
-    def forward(self, feats: Tensor, rot: Tensor, shift: Tensor, offset: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """feats ``(B, n_in)``; rot ``(B, 3, 3)``; shift ``(B, 2)`` px → ``(R̂ (B, 3, 3), t̂ (B, 2) px)``.
-
-        offset: optional per-particle ``(B, 8)`` added to the network's output (6D, then shift / D).
-        """
+    def forward(self, feats: Tensor, rot: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
+        """feats ``(B, n_in)``; rot ``(B, 3, 3)``; shift ``(B, 2)`` px → ``(R̂ (B, 3, 3), t̂ (B, 2) px)``."""
         d6 = matrix_to_sixd(rot.to(feats.dtype))
         t = shift.to(feats.dtype)
         out = self.net(torch.cat([feats, d6, t / self.box], -1))
-        if offset is not None:
-            out = out + offset.to(out.dtype)
         return sixd_to_matrix(d6 + out[:, :6]), t + self.box * out[:, 6:]
