@@ -38,7 +38,8 @@ Per particle (a batch of :class:`cryovox.data.particles.ParticleDataset`):
 Objective per particle: ``nll = ½ Σ_k w_k |Y − Ŷ|² / σ²`` over the Fourier samples inside
 ``radius`` (``w`` the Hermitian weights; by Parseval this is the real-space squared error of the
 low-passed images, i.e. the MSE image loss, in units of a white noise variance ``σ²`` taken as the
-data's mean power per sample), plus ``β`` KL; during pose pre-training plus the pose loss.
+data's mean power per sample), plus ``β`` KL; with refinement plus the orientation encoder's pose loss
+(towards the input poses while pre-training, towards the searched poses afterwards).
 
 Before training (:meth:`CryoFormerModel.prepare`): the data power sets ``σ²`` and the encoder's
 whitening; a consensus map (when given) sets the density scale and the field is fitted to it
