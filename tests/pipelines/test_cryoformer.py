@@ -123,3 +123,42 @@ def test_attention_maps_of_an_sfbp_run_are_refused(cli, tmp_path):
     _one_line_error(res)
     assert "attention maps need a cryoformer model" in res.err
     assert not (tmp_path / "v").exists()
+
+
+def _ddp_worker(rank: int, world: int, port: int, star: str, outdir: str, dumps: str) -> None:
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import torch.distributed as tdist
+
+    from cryovox.pipelines.train_hetero import train_hetero
+
+    result = train_hetero(star, outdir, zdim=2, epochs=2, model="cryoformer", batch_size=8, device="cpu", seed=0,
+                          model_options=dict(TINY, pose_pretrain_epochs=1), init="none")
+    tdist.init_process_group("gloo")               # train_hetero shut its group down: exchange as a next epoch would
+    result.model.start_epoch(2)
+    torch.save({"delta": result.model.pose_delta, "dshift": result.model.pose_dshift}, f"{dumps}/rank{rank}.pt")
+    tdist.destroy_process_group()
+
+
+def test_two_gloo_processes_share_the_searched_poses(tmp_path):
+    """Under DDP each process searches its own particles; at the next epoch's start the processes exchange
+    the estimates: both then hold every particle's pose as written to particles.2.star (gathered by rank 0)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    small = make_two_state_set(tmp_path / "data", box=12, n=24, snr=0.5)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    mp.spawn(_ddp_worker, args=(2, port, str(small["star"]), str(out), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert torch.allclose(r0["delta"], r1["delta"], atol=1e-12) and torch.allclose(r0["dshift"], r1["dshift"])
+    given, refined = read_particles(small["star"]), read_particles(out / "particles.2.star")
+    kept = r0["delta"] @ torch.from_numpy(given.rotations)
+    assert float(geodesic_distance(kept, torch.from_numpy(refined.rotations)).max()) < 1e-3
+    assert float(geodesic_distance(kept, torch.from_numpy(given.rotations)).mean()) > 0.0     # the search moved them
