@@ -7,7 +7,6 @@ this process and returns (exit code, stdout, stderr).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -41,13 +40,15 @@ def cli(capsys):
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _one_torch_thread_per_xdist_worker():
-    """Under ``pytest -n N`` each worker gets one intra-op thread (N workers on N cores).
+def _one_torch_thread():
+    """One intra-op thread per test process: the tests' tensors are tiny (thread start-up costs
+    more than the work), and under ``pytest -n N`` the N workers share N cores.
 
     Tests of thread safety set their own thread counts explicitly.
     """
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        import torch
+    import torch
 
-        torch.set_num_threads(1)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(n)

@@ -39,6 +39,23 @@ def _item_seed(seed: int, epoch: int, row: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+def rotated_patch(vol: Tensor, R: Tensor | None, start: tuple[int, int, int], size: int, order: int = 3) -> Tensor:
+    """The ``size³`` patch starting at voxel ``start`` (z, y, x) of ``vol`` ``(D, D, D)`` turned by ``R``
+    ``(3, 3)`` about the box centre (None: no turn, a plain crop). With a rotation only the patch's
+    voxels are interpolated (:func:`cryovox.core.transform.affine_resample`, ``order`` 3: cubic
+    B-spline, 1: trilinear); the result equals rotating the whole volume, then cropping."""
+    from cryovox.core.transform import affine_resample
+
+    z, y, x = (int(v) for v in start)
+    if R is None:
+        return vol[z:z + size, y:y + size, x:x + size]
+    D = vol.shape[-1]
+    # offset (x, y, z) of the patch centre from the box centre
+    o = torch.tensor([x + size // 2 - D // 2, y + size // 2 - D // 2, z + size // 2 - D // 2], dtype=torch.float64)
+    Rt = R.to(torch.float64).T
+    return affine_resample(vol, Rt.to(vol.dtype), shift=(Rt @ o).to(vol.dtype), out_size=size, order=order)
+
+
 class VolumeDataset(Dataset):
     """Samples of a corpus store as float32 tensors ``(1, d, d, d)`` (channel first).
 
@@ -90,6 +107,7 @@ class VolumeDataset(Dataset):
         """The augmentation of item ``i`` at the current epoch: (rotation (3, 3) float64 or
         None, crop start (z, y, x) or None, flipped axes)."""
         from cryovox.core.rotations import random_rotations
+        from cryovox.core.transform import random_flip_axes
 
         row = int(self.rows[i])
         gen = torch.Generator().manual_seed(_item_seed(self.seed, self.epoch, row))
@@ -98,32 +116,17 @@ class VolumeDataset(Dataset):
         if self.crop is not None:
             hi = self.corpus.box - self.crop + 1
             start = tuple(int(v) for v in torch.randint(0, hi, (3,), generator=gen))
-        axes: tuple[int, ...] = ()
-        if self.flip:
-            u = torch.rand(3, generator=gen)
-            axes = tuple(a for a in range(3) if float(u[a]) < 0.5)
+        axes = random_flip_axes(gen) if self.flip else ()
         return R, start, axes  # type: ignore[return-value]
 
     def __getitem__(self, i: int):
-        from cryovox.core.transform import affine_resample, flip
+        from cryovox.core.transform import flip
 
         row = int(self.rows[i])
         vol = torch.from_numpy(np.array(self.corpus.volumes[row], dtype=np.float32))
         R, start, axes = self.augmentation(i)
-        D = vol.shape[-1]
-        if R is not None:
-            c = self.crop or D
-            s = start or (0, 0, 0)
-            # offset (x, y, z) of the patch centre from the box centre
-            o = torch.tensor([s[2] + c // 2 - D // 2, s[1] + c // 2 - D // 2, s[0] + c // 2 - D // 2],
-                             dtype=torch.float64)
-            Rt = R.T
-            vol = affine_resample(vol, Rt.to(torch.float32), shift=(Rt @ o).to(torch.float32), out_size=c,
-                                  order=self.order)
-        elif start is not None:
-            z, y, x = start
-            c = self.crop
-            vol = vol[z:z + c, y:y + c, x:x + c]
+        if R is not None or start is not None:
+            vol = rotated_patch(vol, R, start or (0, 0, 0), self.crop or vol.shape[-1], order=self.order)
         if axes:
             vol = flip(vol, axes)
         out = vol.contiguous()[None]

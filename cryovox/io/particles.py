@@ -787,6 +787,7 @@ def read_particles(
     ctf: Path | str | None = None,
     apix: float | None = None,
     box: int | None = None,
+    max_particles: int | None = None,
 ) -> ParticleTable:
     """Read particles from ``.star`` (RELION 3.0/3.1/4/5), ``.cs`` (cryoSPARC) or a bare stack
     (``.mrcs``/``.mrc``, one particle per image).
@@ -794,10 +795,12 @@ def read_particles(
     datadir: folder where relative stack paths are looked up (default: the file's folder and
     its parents); poses / ctf: cryoDRGN pickles that replace (or, for bare stacks, provide)
     poses and CTF; apix (Å/px) / box (px): override the pixel size / give the box where the
-    file has none. InputError for missing files, missing columns, empty tables, counts that
-    disagree.
+    file has none; max_particles: keep only the first N particles (``--max-particles``).
+    InputError for missing files, missing columns, empty tables, counts that disagree.
     """
     path = Path(path)
+    if max_particles is not None and max_particles < 1:
+        raise InputError(f"--max-particles {max_particles}: must be at least 1")
     if not path.exists():
         raise InputError(f"{path}: no such file")
     name = path.name.lower()
@@ -831,4 +834,6 @@ def read_particles(
             raise InputError(f"{poses}: {len(rot)} poses for {n} particles in {path}")
         shifts = None if shifts_px is None else shifts_px * table.apix[:, None]
         table = table.with_poses(rot, shifts)
+    if max_particles is not None and max_particles < len(table):
+        table = table.take(np.arange(max_particles))
     return table

@@ -118,11 +118,7 @@ def preprocess(particles: Path | str, outdir: Path, *, downsample: int | None = 
     path = Path(particles)
     if chunk < 1:
         raise InputError(f"--chunk {chunk}: must be at least 1")
-    table = read_particles(path, datadir=datadir, poses=poses, ctf=ctf, apix=apix)
-    if max_particles is not None:
-        if max_particles < 1:
-            raise InputError(f"--max-particles {max_particles}: must be at least 1")
-        table = table.take(np.arange(min(len(table), max_particles)))
+    table = read_particles(path, datadir=datadir, poses=poses, ctf=ctf, apix=apix, max_particles=max_particles)
     n = len(table)
     if n == 0:
         raise InputError(f"{path}: no particles")

@@ -255,11 +255,7 @@ def reconstruct(particles: Path | str, outdir: Path | None = None, *, datadir: P
     path = Path(particles)
     if batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: must be at least 1")
-    table = read_particles(path, datadir=datadir, poses=poses, ctf=ctf, apix=apix)
-    if max_particles is not None:
-        if max_particles < 1:
-            raise InputError(f"--max-particles {max_particles}: must be at least 1")
-        table = table.take(np.arange(min(len(table), max_particles)))
+    table = read_particles(path, datadir=datadir, poses=poses, ctf=ctf, apix=apix, max_particles=max_particles)
     _check_table(table, path)
     table.check_images()
     if len(table) < 2:

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from cryovox.errors import InputError
+from cryovox.utils.files import to_plain
 
 log = logging.getLogger("cryovox")
 
@@ -90,26 +91,27 @@ class TrainFlowResult:
 def prepare_map(vol: Tensor, norm, *, crop: int, generator: torch.Generator | None, augment: bool) -> Tensor:
     """One training example ``(crop, crop, crop)`` (normalised) from a corpus map ``(D, D, D)`` (see module docstring)."""
     from cryovox.core.rotations import random_rotations
-    from cryovox.core.transform import flip, random_flip_axes, rotate
+    from cryovox.core.transform import flip, random_flip_axes
+    from cryovox.data.volumes import rotated_patch
 
     s = norm.fit(vol)
     x = ((vol - s.offset) / s.scale).clamp(0.0, 1.0)
-    if augment:
-        R = random_rotations(1, generator, dtype=x.dtype)[0]
-        x = rotate(x, R, order=1).clamp(0.0, 1.0)
-        axes = random_flip_axes(generator)
-        if axes:
-            x = flip(x, axes)
     D = x.shape[-1]
-    if crop < D:
-        total = float((x * (x > 0.1)).sum())
-        for attempt in range(5):
-            o = torch.randint(0, D - crop + 1, (3,), generator=generator).tolist() if augment else [(D - crop) // 2] * 3
-            c = x[o[0]:o[0] + crop, o[1]:o[1] + crop, o[2]:o[2] + crop]
-            if not augment or total <= 0 or float((c * (c > 0.1)).sum()) >= 0.2 * total:
-                break
-        x = c
-    return (x - norm.mean) / norm.std
+    crop = min(crop, D)
+    if not augment:
+        o = (D - crop) // 2
+        return (x[o:o + crop, o:o + crop, o:o + crop] - norm.mean) / norm.std
+    R = random_rotations(1, generator, dtype=torch.float64)[0]
+    total = float((x * (x > 0.1)).sum())
+    for attempt in range(5 if crop < D else 1):
+        start = tuple(torch.randint(0, D - crop + 1, (3,), generator=generator).tolist())
+        c = rotated_patch(x, R, start, crop, order=1).clamp(0.0, 1.0)
+        if total <= 0 or float((c * (c > 0.1)).sum()) >= 0.2 * total:
+            break
+    axes = random_flip_axes(generator)
+    if axes:
+        c = flip(c, axes)
+    return (c - norm.mean) / norm.std
 
 
 def _dataset_stats(volumes: np.ndarray, rows: np.ndarray, norm, limit: int = 256) -> tuple[float, float]:
@@ -196,7 +198,7 @@ def run(corpus: Path, outdir: Path, *, arch: str = "unet", preset: str | None = 
     ckpt_path = outdir / "checkpoint.pt"
     if resume and ckpt_path.is_file():
         state = load_checkpoint(ckpt_path, kind="flow-train", map_location=dev)
-        if state["arch"] != arch or state["config"] != _plain(config) or state["crop"] != crop:
+        if state["arch"] != arch or state["config"] != to_plain(config) or state["crop"] != crop:
             raise InputError(f"{ckpt_path}: was trained with other settings (arch/preset/crop); "
                              "resume with the same ones or use a new output directory")
         model.load_state_dict(state["model"])
@@ -230,7 +232,7 @@ def run(corpus: Path, outdir: Path, *, arch: str = "unet", preset: str | None = 
         prior = FlowPrior(model=ema.shadow, arch=arch, config=config, norm=norm, box=crop, apix=corp.apix)
         files["prior"] = save_checkpoint(outdir / "prior.pt", prior.state(), kind=PRIOR_KIND)
         files["checkpoint"] = save_checkpoint(ckpt_path, {
-            "arch": arch, "config": _plain(config), "crop": crop, "model": unwrap(net).state_dict(),
+            "arch": arch, "config": to_plain(config), "crop": crop, "model": unwrap(net).state_dict(),
             "ema": ema.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "norm": norm.to_dict(), "epoch": epoch, "step": step, "metrics": rows_log, "rng": rng_state(),
         }, kind="flow-train")
@@ -291,11 +293,3 @@ def run(corpus: Path, outdir: Path, *, arch: str = "unet", preset: str | None = 
         files = save(start_epoch, train_loss, val_loss)
     return TrainFlowResult(prior=outdir / "prior.pt", epochs=len(rows_log), steps=step, train_loss=train_loss,
                            val_loss=val_loss, maps_per_s=rate, params=n_params, arch=arch, files=files)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value

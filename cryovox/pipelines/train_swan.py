@@ -541,7 +541,7 @@ def run_diffusion(corpus: Path, outdir: Path, *, model: Path, epochs: int = 100,
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                sums += torch.tensor([float(loss) * len(b), len(b)], dtype=torch.float64)
+                sums += torch.tensor([float(loss.detach()) * len(b), len(b)], dtype=torch.float64)
                 bar.advance(1, loss=float(loss.detach()))
         all_reduce_sum(sums, ctx)
         final = float(sums[0] / max(sums[1], 1))

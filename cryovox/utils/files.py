@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 
 def temp_name(path: Path) -> Path:
@@ -32,3 +32,15 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
 
 def write_text_atomic(path: Path, text: str) -> Path:
     return write_atomic(path, lambda p: Path(p).write_text(text))
+
+
+def to_plain(value: Any) -> Any:
+    """``value`` as plain data for YAML, JSON and ``weights_only`` checkpoints: dicts (string keys),
+    lists (from lists and tuples), str, int, float, bool and None; Paths and anything else become str."""
+    if isinstance(value, dict):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)

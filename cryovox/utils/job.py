@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from cryovox.errors import InputError
-from cryovox.utils.files import write_text_atomic
+from cryovox.utils.files import to_plain, write_text_atomic
 
 log = logging.getLogger("cryovox")
 
@@ -36,17 +36,6 @@ class Run:
         """A result line for the user: printed and logged."""
         log.info(text)
 
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
 
 
 def prepare_outdir(outdir: Path, force: bool = False, resume: bool = False) -> bool:
@@ -129,7 +118,7 @@ def job(outdir: Path, *, force: bool = False, resume: bool = False,
         argv = " ".join(shlex.quote(a) for a in sys.argv)
         with open(outdir / "command.txt", "a") as f:
             f.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} cryovox {__version__}\n{argv}\n")
-        cfg = {"command": command, "cryovox_version": __version__, "options": _plain(run.config)}
+        cfg = {"command": command, "cryovox_version": __version__, "options": to_plain(run.config)}
         write_text_atomic(outdir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
         if handler is not None:  # the start line goes to run.log only, keeping error output to one line
             handler.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, "cryovox %s %s → %s",

@@ -11,17 +11,11 @@ from cryovox.core.degrade import (add_noise, amplify_power, apply_fourier_mask, 
                                   wedge_mask)
 from cryovox.core.fft import fftn_c, radius_grid, shift_images
 from cryovox.core.rotations import euler_to_matrix, random_rotations
+from tests.synthetic import gaussian_blobs
 
 
 def blob(D, sigma=2.0, seed=0, n=4):
-    """A few Gaussian blobs: smooth (negligible power at Nyquist), off-centre."""
-    g = np.random.default_rng(seed)
-    zz, yy, xx = np.mgrid[:D, :D, :D] - D // 2
-    v = np.zeros((D, D, D))
-    for _ in range(n):
-        c = g.uniform(-D / 5, D / 5, 3)
-        v += g.uniform(0.5, 1.5) * np.exp(-((xx - c[0]) ** 2 + (yy - c[1]) ** 2 + (zz - c[2]) ** 2) / (2 * sigma ** 2))
-    return torch.from_numpy(v)
+    return torch.from_numpy(gaussian_blobs(D, seed=seed, n=n, sigma=sigma))
 
 
 def test_radial_power_grid_interpolates_and_rescales():

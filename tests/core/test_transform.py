@@ -15,14 +15,6 @@ from cryovox.core.transform import (affine_resample, center_crop_pad, flip, rand
                                     spline_prefilter)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def blob_volume(D: int, n_atoms: int = 300, sigma: float = 1.0, seed: int = 0) -> np.ndarray:
     """Gaussian 'atoms' (σ in voxels) inside a sphere of radius 0.3·D about voxel D//2,
     computed analytically in Fourier space (no interpolation), float64 [z, y, x]."""

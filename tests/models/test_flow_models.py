@@ -6,14 +6,6 @@ import pytest
 import torch
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: thread start-up costs more than the work (and is slow on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 from cryovox.core.degrade import wedge_mask
 from cryovox.core.fft import fftn_c
 from cryovox.models.flow import (EMA, DensityNorm, FlowPrior, HDiT3D, build_velocity_model, flow_loss, flow_sample,

@@ -6,15 +6,6 @@ import torch
 from cryovox.models.unet3d import UNet3D, timestep_embedding
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: thread start-up costs more than the work (and is slow on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_timestep_embedding_matches_formula():
     t = torch.tensor([0.0, 3.0])
     e = timestep_embedding(t, 8)

@@ -13,7 +13,6 @@ from cryovox.data.particles import ParticleDataset, collate, soft_window
 from cryovox.errors import InputError
 from cryovox.io.mrc import write_stack
 from cryovox.io.particles import ParticleTable, read_particles, write_star
-from tests.models.hetero_data import one_torch_thread  # noqa: F401 (autouse fixture)
 
 BOX, APIX = 32, 2.0
 

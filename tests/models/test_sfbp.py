@@ -13,7 +13,7 @@ from cryovox.errors import InputError
 from cryovox.models import build_model, model_from_checkpoint
 from cryovox.models.hetero import SFBPModel
 from cryovox.models.hetero.loss import data_spectra, gaussian_nll, kl_standard_normal
-from tests.models.hetero_data import one_torch_thread, blob_states  # noqa: F401 (autouse fixture)
+from tests.models.hetero_data import blob_states
 
 
 def _stats(box: int, power=1.0, ctf2=1.0) -> dict:

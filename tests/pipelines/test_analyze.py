@@ -13,7 +13,7 @@ from cryovox.io.checkpoint import load_checkpoint, save_checkpoint
 from cryovox.io.mrc import read_map
 from cryovox.io.particles import read_particles
 from cryovox.models import model_from_checkpoint
-from tests.models.hetero_data import one_torch_thread, make_two_state_set  # noqa: F401 (autouse fixture)
+from tests.models.hetero_data import make_two_state_set
 
 N, EPOCHS = 120, 2
 

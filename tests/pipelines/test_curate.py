@@ -47,18 +47,9 @@ def small_models() -> list[Path]:
     return found
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def mirror(tmp_path_factory):
     """3 entries to keep + one of each bad kind, EMDB tree layout, 5 Å/px maps."""
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("mirror")
     manifest = make_mirror.make_mirror(out, n_good=3, bad=True, layout="tree", seed=0, models=small_models(),
                                        apix_choices=(5.0,), max_kda=300, log=None)

@@ -8,7 +8,7 @@ import socket
 import numpy as np
 import torch
 
-from tests.models.hetero_data import one_torch_thread, make_two_state_set  # noqa: F401 (autouse fixture)
+from tests.models.hetero_data import make_two_state_set
 
 
 def _free_port() -> int:

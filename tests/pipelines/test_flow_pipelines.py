@@ -12,27 +12,13 @@ from cryovox.core.fft import fftn_c
 from cryovox.core.fsc import fsc, fsc_auc
 from cryovox.core.rotations import euler_to_matrix, geodesic_distance
 from cryovox.io.mrc import read_map, write_map, write_stack
+from tests.synthetic import gaussian_blobs
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: thread start-up costs more than the work (and is slow on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def blob_map(D, seed, n=5, sigma=1.6):
-    g = np.random.default_rng(seed)
-    zz, yy, xx = np.mgrid[:D, :D, :D] - D // 2
-    v = np.zeros((D, D, D))
-    for _ in range(n):
-        c = g.uniform(-D / 5, D / 5, 3)
-        v += g.uniform(0.5, 1.5) * np.exp(-((xx - c[0]) ** 2 + (yy - c[1]) ** 2 + (zz - c[2]) ** 2) / (2 * sigma ** 2))
-    return v.astype(np.float32)
+    return gaussian_blobs(D, seed=seed, n=n, sigma=sigma).astype(np.float32)
 
 
 def make_corpus(path, n=12, D=16, apix=4.0):
@@ -58,7 +44,6 @@ def trained(tmp_path_factory):
     """A tiny U-Net prior trained for 2 epochs (shared by the sampling tests)."""
     from cryovox.pipelines import train_flow
 
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("flow")
     vols, splits = make_corpus(root / "corpus")
     res = train_flow.run(root / "corpus", root / "prior", arch="unet", preset="tiny", epochs=2, batch_size=4,

@@ -12,7 +12,7 @@ import torch
 from cryovox.cli import main
 from cryovox.io.checkpoint import load_checkpoint, save_checkpoint
 from cryovox.io.particles import ParticleTable, read_particles, write_star
-from tests.models.hetero_data import one_torch_thread, make_two_state_set  # noqa: F401 (autouse fixture)
+from tests.models.hetero_data import make_two_state_set
 
 EPOCHS = 8
 TRAIN = ["--zdim", "2", "--batch-size", "32", "--basis", "4", "--device", "cpu", "--seed", "0"]

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from cryovox.utils.files import to_plain
+
 __all__ = ["DensityNorm", "MapScale", "flow_loss", "sample_flow_time", "EMA", "FlowPrior", "build_velocity_model",
            "PRIOR_KIND"]
 
@@ -197,7 +199,7 @@ class FlowPrior:
 
     def state(self) -> dict[str, Any]:
         """The checkpoint payload (kind ``flow-prior``) of this prior's weights and metadata."""
-        return {"arch": self.arch, "config": _plain(self.config), "norm": self.norm.to_dict(),
+        return {"arch": self.arch, "config": to_plain(self.config), "norm": self.norm.to_dict(),
                 "box": int(self.box), "apix": float(self.apix), "weights": self.model.state_dict()}
 
     @classmethod
@@ -209,11 +211,3 @@ class FlowPrior:
             p.requires_grad_(False)
         return cls(model=model, arch=state["arch"], config=state["config"], norm=DensityNorm(**state["norm"]),
                    box=int(state["box"]), apix=float(state["apix"]))
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
