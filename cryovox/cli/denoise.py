@@ -69,10 +69,8 @@ def denoise_command(
     if method == "swan":
         if map_path is None or model is None:
             raise InputError("--method swan needs a MAP argument and --model (a train-swan model.pt)")
-        try:
-            from cryovox.pipelines import swan_denoise
-        except ImportError as err:
-            raise InputError(f"--method swan is not available in this installation ({err})") from None
+        from cryovox.pipelines import swan_denoise
+
         with job(outdir, force=force, config=config, command="denoise") as run:
             result = swan_denoise.run(map_path, model=model, outdir=run.dir, device=device, iterations=iterations)
             run.report(result.summary())

@@ -44,10 +44,8 @@ def generate_command(
     if swan is not None:
         if diffusion is None or anchor is None:
             raise InputError("--swan needs --diffusion (diffusion.pt) and --anchor (a map)")
-        try:
-            from cryovox.pipelines import swan_generate
-        except ImportError as err:
-            raise InputError(f"--swan is not available in this installation ({err})") from None
+        from cryovox.pipelines import swan_generate
+
         with job(outdir, force=force, config=config, command="generate") as run:
             result = swan_generate.run(swan_model=swan, diffusion_model=diffusion, anchor=anchor, n=n,
                                        outdir=run.dir, guidance=guidance, steps=100 if steps is None else steps,
