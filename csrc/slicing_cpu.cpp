@@ -56,7 +56,7 @@ int num_threads(int64_t items) { return items < kParallelItems ? 1 : num_threads
 // Hot loops are compiled twice on x86-64 Linux with GCC (AVX2 and baseline, picked at load time
 // by target_clones) so that one build runs everywhere and uses wide vectors where they exist.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define CVX_CLONES __attribute__((target_clones("arch=haswell", "default")))
+#define CVX_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define CVX_CLONES
 #endif
@@ -76,6 +76,19 @@ struct Args {
     const Pixel* px;   // (N,) in-radius pixels
     int64_t N;
     Geometry g;
+    const T* kx = nullptr;  // (N,) px[n].kx and px[n].ky as T (for the blocked single-volume paths)
+    const T* ky = nullptr;
+};
+
+// Owner of Args::kx, Args::ky.
+template <typename T>
+struct PixelCoords {
+    std::vector<T> kx, ky;
+    explicit PixelCoords(Args<T>& a) : kx((size_t)a.N), ky((size_t)a.N) {
+        for (int64_t n = 0; n < a.N; ++n) kx[(size_t)n] = (T)a.px[n].kx, ky[(size_t)n] = (T)a.px[n].ky;
+        a.kx = kx.data();
+        a.ky = ky.data();
+    }
 };
 
 template <typename T>
@@ -109,9 +122,178 @@ CVX_INLINE void prefetch_bytes(const void* p, int64_t bytes, bool write) {
 #endif
 }
 
+// ----- single-volume paths (K <= 1: one basis volume and/or the bias; the backprojection)
+// The geometry of a block of pixels of one image is computed in SoA form by a vectorisable loop,
+// with the arithmetic of slice_point (same cell, same fractions, bitwise). Items whose cell lies
+// entirely inside the stored grid (all but a thin shell near the volume's Nyquist) then take a
+// short path: the trilinear interpolant and its derivatives as nested lerps of the 4 rows of 2
+// adjacent voxels; the other items take the general per-corner code.
+constexpr int kBlock = 64;
+
+template <typename T>
+struct GeoBlock {
+    T fx[kBlock], fy[kBlock], fz[kBlock];
+    int32_t ix[kBlock], iy[kBlock], iz[kBlock];  // array index of corner 0
+    int32_t base[kBlock];                         // flat index of corner 0 (where inside)
+    int32_t inside[kBlock], flip[kBlock];
+};
+
+// Whether the single-volume paths serve these arguments (flat int32 voxel indices).
+template <typename T>
+bool single_volume(const Args<T>& a) {
+    return a.g.K <= 1 && a.kx != nullptr && a.g.M < (int64_t(1) << 31);
+}
+
+template <typename T>
+CVX_INLINE void geo_block(const Args<T>& a, int64_t b, int64_t n0, int n, GeoBlock<T>& g) {
+    const T* R = a.rot + 9 * b;
+    const T* kx = a.kx + n0;
+    const T* ky = a.ky + n0;
+    const T P = (T)a.g.pad;
+    const int32_t Dv = (int32_t)a.g.Dv, Dh = (int32_t)a.g.Dh, half = Dv / 2;
+    for (int j = 0; j < n; ++j) {
+        T p0 = P * (R[0] * kx[j] + R[3] * ky[j]);
+        T p1 = P * (R[1] * kx[j] + R[4] * ky[j]);
+        T p2 = P * (R[2] * kx[j] + R[5] * ky[j]);
+        const bool fl = p0 < (T)0;
+        p0 = fl ? -p0 : p0;
+        p1 = fl ? -p1 : p1;
+        p2 = fl ? -p2 : p2;
+        const bool fin = (p0 > (T)(-1e9)) & (p0 < (T)1e9) & (p1 > (T)(-1e9)) & (p1 < (T)1e9) & (p2 > (T)(-1e9)) &
+                         (p2 < (T)1e9);
+        p0 = fin ? p0 : (T)0;
+        p1 = fin ? p1 : (T)0;
+        p2 = fin ? p2 : (T)0;
+        int32_t i0 = (int32_t)p0, i1 = (int32_t)p1, i2 = (int32_t)p2;
+        i0 -= (T)i0 > p0 ? 1 : 0;
+        i1 -= (T)i1 > p1 ? 1 : 0;
+        i2 -= (T)i2 > p2 ? 1 : 0;
+        g.fx[j] = p0 - (T)i0;
+        g.fy[j] = p1 - (T)i1;
+        g.fz[j] = p2 - (T)i2;
+        i1 += half;
+        i2 += half;
+        g.ix[j] = i0;
+        g.iy[j] = i1;
+        g.iz[j] = i2;
+        g.inside[j] = fin & (i0 >= 0) & (i0 + 1 < Dh) & (i1 >= 0) & (i1 + 1 < Dv) & (i2 >= 0) & (i2 + 1 < Dv);
+        g.flip[j] = fl;
+        g.base[j] = (int32_t)(((uint32_t)i2 * (uint32_t)Dv + (uint32_t)i1) * (uint32_t)Dh + (uint32_t)i0);
+    }
+}
+
+// Trilinear value of a complex volume at a fully stored cell: v points at corner 0 (interleaved
+// re, im), sy / sz are the strides of y and z in T. Rows r = 2 dz + dy hold corners dx = 0, 1.
+template <typename T>
+CVX_INLINE void cell_value(const T* v, int64_t sy, int64_t sz, T fx, T fy, T fz, T* val) {
+    T a[4][2];
+    for (int r = 0; r < 4; ++r) {
+        const T* q = v + (r >> 1) * sz + (r & 1) * sy;
+        a[r][0] = q[0] + fx * (q[2] - q[0]);
+        a[r][1] = q[1] + fx * (q[3] - q[1]);
+    }
+    for (int c = 0; c < 2; ++c) {
+        const T b0 = a[0][c] + fy * (a[1][c] - a[0][c]), b1 = a[2][c] + fy * (a[3][c] - a[2][c]);
+        val[c] = b0 + fz * (b1 - b0);
+    }
+}
+
+// The same plus the derivatives d[j] of the interpolant with respect to the fraction f_j.
+template <typename T>
+CVX_INLINE void cell_value_grad(const T* v, int64_t sy, int64_t sz, T fx, T fy, T fz, T* val, T (*d)[2]) {
+    T a[4][2], ax[4][2];
+    for (int r = 0; r < 4; ++r) {
+        const T* q = v + (r >> 1) * sz + (r & 1) * sy;
+        for (int c = 0; c < 2; ++c) {
+            ax[r][c] = q[2 + c] - q[c];
+            a[r][c] = q[c] + fx * ax[r][c];
+        }
+    }
+    for (int c = 0; c < 2; ++c) {
+        const T by0 = a[1][c] - a[0][c], by1 = a[3][c] - a[2][c];
+        const T b0 = a[0][c] + fy * by0, b1 = a[2][c] + fy * by1;
+        const T bx0 = ax[0][c] + fy * (ax[1][c] - ax[0][c]), bx1 = ax[2][c] + fy * (ax[3][c] - ax[2][c]);
+        d[2][c] = b1 - b0;
+        val[c] = b0 + fz * d[2][c];
+        d[1][c] = by0 + fz * (by1 - by0);
+        d[0][c] = bx0 + fz * (bx1 - bx0);
+    }
+}
+
+// Prefetch (for reading) the 4 rows of a cell.
+template <typename T>
+CVX_INLINE void prefetch_cell(const T* v, int64_t sy, int64_t sz) {
+    prefetch_bytes(v, 4 * (int64_t)sizeof(T), false);
+    prefetch_bytes(v + sy, 4 * (int64_t)sizeof(T), false);
+    prefetch_bytes(v + sz, 4 * (int64_t)sizeof(T), false);
+    prefetch_bytes(v + sz + sy, 4 * (int64_t)sizeof(T), false);
+}
+
 // ----- forward: items [begin, end) of the flattened (image, pixel) range
+// Single-volume forward: blocks of pixels of one image (see geo_block).
+template <typename T>
+CVX_INLINE void project_items_single(const Args<T>& a, T* out, int64_t begin, int64_t end) {
+    const int64_t N = a.N, img = a.g.D * a.g.Dimg_half, sy = 2 * a.g.Dh, sz = 2 * a.g.Dv * a.g.Dh;
+    constexpr int ahead = 4;  // prefetch distance (items)
+    GeoBlock<T> G;
+    for (int64_t it = begin; it < end;) {
+        const int64_t b = it / N, n0 = it - b * N;
+        const int n = (int)std::min<int64_t>({(int64_t)kBlock, N - n0, end - it});
+        geo_block(a, b, n0, n, G);
+        const T c0 = a.basis_t ? a.coeffs[b] : (T)0;
+        T* ob = out + 2 * b * img;
+        for (int j = 0; j < n; ++j) {
+            if (j + ahead < n && G.inside[j + ahead]) {
+                const int64_t o = 2 * (int64_t)G.base[j + ahead];
+                if (a.basis_t) prefetch_cell(a.basis_t + o, sy, sz);
+                if (a.bias) prefetch_cell(a.bias + o, sy, sz);
+            }
+            T re = 0, im = 0;
+            if (G.inside[j]) {
+                const int64_t o = 2 * (int64_t)G.base[j];
+                T v[2];
+                if (a.basis_t) {
+                    cell_value(a.basis_t + o, sy, sz, G.fx[j], G.fy[j], G.fz[j], v);
+                    re = c0 * v[0];
+                    im = c0 * v[1];
+                }
+                if (a.bias) {
+                    cell_value(a.bias + o, sy, sz, G.fx[j], G.fy[j], G.fz[j], v);
+                    re += v[0];
+                    im += v[1];
+                }
+            } else {  // a corner outside the stored grid: the general per-corner sum
+                SlicePoint<T> s;
+                point(a, b, a.px[n0 + j], s);
+                if (a.basis_t) {
+                    T sr = 0, si = 0;
+                    for (int c = 0; c < 8; ++c) {
+                        sr += s.w[c] * a.basis_t[2 * s.idx[c]];
+                        si += s.w[c] * a.basis_t[2 * s.idx[c] + 1];
+                    }
+                    re = c0 * sr;
+                    im = c0 * si;
+                }
+                if (a.bias)
+                    for (int c = 0; c < 8; ++c) {
+                        re += s.w[c] * a.bias[2 * s.idx[c]];
+                        im += s.w[c] * a.bias[2 * s.idx[c] + 1];
+                    }
+            }
+            T* o = ob + 2 * (int64_t)a.px[n0 + j].index;
+            o[0] = re;
+            o[1] = G.flip[j] ? -im : im;
+        }
+        it += n;
+    }
+}
+
 template <typename T>
 CVX_INLINE void project_items(const Args<T>& a, T* out, int64_t begin, int64_t end, T* acc) {
+    if (single_volume(a)) {
+        project_items_single(a, out, begin, end);
+        return;
+    }
     const int64_t K = a.g.K, K2 = 2 * K, N = a.N, img = a.g.D * a.g.Dimg_half;
     int64_t b = begin / N, n = begin - b * N;
     // software pipeline: the next item's corners are prefetched while this one is summed
@@ -186,8 +368,94 @@ void project_kernel(const Args<T>& a, T* out) {
 // grad_coeffs[b,k] = sum_n Re(conj(g') sum_c w_c basis[c,k]);
 // grad_rot[b]: dL/dp_j = Re(conj(g') sum_c dw_c/df_j V_c), V_c = sum_k coeffs[b,k] basis[c,k] + bias[c],
 // p_j = s pad (R[0][j] kx + R[1][j] ky), s = -1 where the mate was sampled; g' = grad, conjugated there.
+// Single-volume coefficient / rotation gradients of image b (see geo_block): V = c0 basis + bias.
+template <typename T>
+CVX_INLINE void grads_image_single(const Args<T>& a, const T* grad, int64_t b, T* gc, T* gr) {
+    const int64_t N = a.N, img = a.g.D * a.g.Dimg_half, sy = 2 * a.g.Dh, sz = 2 * a.g.Dv * a.g.Dh;
+    const bool basis = a.basis_t != nullptr;
+    const T c0 = basis ? a.coeffs[b] : (T)0, pad = (T)a.g.pad;
+    constexpr int ahead = 4;
+    T gc0 = 0, r6[6] = {0, 0, 0, 0, 0, 0};
+    const T* gb = grad + 2 * b * img;
+    GeoBlock<T> G;
+    for (int64_t n0 = 0; n0 < N; n0 += kBlock) {
+        const int n = (int)std::min<int64_t>(kBlock, N - n0);
+        geo_block(a, b, n0, n, G);
+        for (int j = 0; j < n; ++j) {
+            if (j + ahead < n && G.inside[j + ahead]) {
+                const int64_t o = 2 * (int64_t)G.base[j + ahead];
+                if (basis) prefetch_cell(a.basis_t + o, sy, sz);
+                if (a.bias && gr) prefetch_cell(a.bias + o, sy, sz);
+            }
+            const Pixel q = a.px[n0 + j];
+            const T* gp = gb + 2 * (int64_t)q.index;
+            if (gp[0] == (T)0 && gp[1] == (T)0) continue;
+            const T gre = gp[0], gim = G.flip[j] ? -gp[1] : gp[1];
+            T val[2] = {0, 0}, d[3][2] = {{0, 0}, {0, 0}, {0, 0}};  // basis value; derivatives of V
+            if (G.inside[j]) {
+                const int64_t o = 2 * (int64_t)G.base[j];
+                const T fx = G.fx[j], fy = G.fy[j], fz = G.fz[j];
+                if (basis) {
+                    if (gr) {
+                        cell_value_grad(a.basis_t + o, sy, sz, fx, fy, fz, val, d);
+                        for (int k = 0; k < 3; ++k) d[k][0] *= c0, d[k][1] *= c0;
+                    } else {
+                        cell_value(a.basis_t + o, sy, sz, fx, fy, fz, val);
+                    }
+                }
+                if (gr && a.bias) {
+                    T bv[2], bd[3][2];
+                    cell_value_grad(a.bias + o, sy, sz, fx, fy, fz, bv, bd);
+                    for (int k = 0; k < 3; ++k) d[k][0] += bd[k][0], d[k][1] += bd[k][1];
+                }
+            } else {  // a corner outside the stored grid: per-corner sums (outside corners count 0)
+                SlicePoint<T> s;
+                point(a, b, q, s);
+                for (int c = 0; c < 8; ++c) {
+                    T vr = 0, vi = 0;
+                    if (basis) {
+                        const T* v = a.basis_t + 2 * s.idx[c];
+                        val[0] += s.w[c] * v[0];
+                        val[1] += s.w[c] * v[1];
+                        vr = c0 * v[0];
+                        vi = c0 * v[1];
+                    }
+                    if (gr && a.bias) {
+                        vr += a.bias[2 * s.idx[c]];
+                        vi += a.bias[2 * s.idx[c] + 1];
+                    }
+                    if (gr && ((s.valid >> c) & 1u))
+                        for (int k = 0; k < 3; ++k) {
+                            const T dw = corner_weight_derivative(s, c, k);
+                            d[k][0] += dw * vr;
+                            d[k][1] += dw * vi;
+                        }
+                }
+            }
+            gc0 += gre * val[0] + gim * val[1];
+            if (gr) {
+                const T sgn = G.flip[j] ? (T)-1 : (T)1;
+                for (int k = 0; k < 3; ++k) {
+                    const T dLdp = sgn * pad * (gre * d[k][0] + gim * d[k][1]);
+                    r6[k] += dLdp * a.kx[n0 + j];
+                    r6[3 + k] += dLdp * a.ky[n0 + j];
+                }
+            }
+        }
+    }
+    if (gc) gc[0] = gc0;
+    if (gr) {
+        for (int j = 0; j < 6; ++j) gr[j] = r6[j];
+        gr[6] = gr[7] = gr[8] = 0;
+    }
+}
+
 template <typename T>
 CVX_INLINE void grads_image(const Args<T>& a, const T* grad, int64_t b, T* gc, T* gr, T* acc) {
+    if (single_volume(a)) {
+        grads_image_single(a, grad, b, gc, gr);
+        return;
+    }
     const int64_t K = a.g.K, K2 = 2 * K, img = a.g.D * a.g.Dimg_half;
     const bool basis = a.basis_t != nullptr;
     const T* cf = basis ? a.coeffs + b * K : nullptr;
@@ -335,7 +603,9 @@ CVX_INLINE void scatter_items(const Args<T>& a, const ScatterOut<T>& o, const It
                               int64_t lo, int64_t hi, int32_t z_lo, int32_t z_hi, T* base) {
     const int64_t K = a.g.K, K2 = 2 * K, N = a.N, img = a.g.D * a.g.Dimg_half;
     const int64_t Dv = a.g.Dv, Dh = a.g.Dh;
-    for (int64_t i = lo; i < hi; ++i) {
+    // item first + i is pixel n of image b (counted, not divided: a 64-bit division per item costs)
+    int64_t b = (first + lo) / N, n = first + lo - b * N;
+    for (int64_t i = lo; i < hi; ++i, n = n + 1 == N ? (++b, 0) : n + 1) {
         const ItemGeo<T>& s = geo[i];
         const int32_t z0 = s.i0[2];
         if (i + 2 < hi) {  // prefetch (for writing) the rows item i+2 updates
@@ -353,12 +623,42 @@ CVX_INLINE void scatter_items(const Args<T>& a, const ScatterOut<T>& o, const It
             }
         }
         if (z0 + 1 < z_lo || z0 >= z_hi || !s.valid) continue;
-        const int64_t it = first + i;
-        const int64_t b = it / N;
-        const Pixel q = a.px[it - b * N];
+        const Pixel q = a.px[n];
         const T* vp = o.vals + 2 * (b * img + q.index);
         const T vr = vp[0], vi = s.flip ? -vp[1] : vp[1];
         const T wt = o.wts ? o.wts[b * img + q.index] : (T)1;
+        if (K <= 1 && s.valid == 0xFFu) {  // single volume, whole cell stored: 4 rows of 2 voxels
+            const T cf0 = o.out_k ? a.coeffs[b] : (T)0, br = cf0 * vr, bi = cf0 * vi;
+            const T wx0 = (T)1 - s.f[0], wx1 = s.f[0];
+            const T wy[2] = {(T)1 - s.f[1], s.f[1]}, wz[2] = {(T)1 - s.f[2], s.f[2]};
+            for (int dz = 0; dz < 2; ++dz) {
+                if (z0 + dz < z_lo || z0 + dz >= z_hi) continue;
+                const int64_t row0 = ((int64_t)(z0 + dz) * Dv + s.i0[1]) * Dh + s.i0[0];
+                for (int dy = 0; dy < 2; ++dy) {
+                    const T wyz = wy[dy] * wz[dz], w0 = wx0 * wyz, w1 = wx1 * wyz;
+                    const int64_t v = row0 + dy * Dh;
+                    if (o.out_k) {
+                        T* p = o.out_k + 2 * v;
+                        p[0] += w0 * br;
+                        p[1] += w0 * bi;
+                        p[2] += w1 * br;
+                        p[3] += w1 * bi;
+                    }
+                    if (o.out_1) {
+                        T* p = o.out_1 + 2 * v;
+                        p[0] += w0 * vr;
+                        p[1] += w0 * vi;
+                        p[2] += w1 * vr;
+                        p[3] += w1 * vi;
+                    }
+                    if (o.out_w) {
+                        o.out_w[v] += w0 * wt;
+                        o.out_w[v + 1] += w1 * wt;
+                    }
+                }
+            }
+            continue;
+        }
         if (o.out_k) {
             const T* cf = a.coeffs + b * K;
             for (int64_t k = 0; k < K; ++k) {
@@ -398,6 +698,48 @@ CVX_CLONES void scatter_items_c(const Args<double>& a, const ScatterOut<double>&
     scatter_items<double>(a, o, geo, first, lo, hi, z_lo, z_hi, base);
 }
 
+// Pass 1 of the scatter: geometry of items [lo, hi) (geo is indexed from item `first`) and the
+// histogram `cnt` of the z planes they write.
+template <typename T>
+CVX_INLINE void scatter_geometry(const Args<T>& a, ItemGeo<T>* geo, int64_t first, int64_t lo, int64_t hi,
+                                 int64_t* cnt) {
+    const int64_t N = a.N;
+    GeoBlock<T> G;
+    for (int64_t it = lo; it < hi;) {  // blocks of pixels of one image (see geo_block)
+        const int64_t b = it / N, n0 = it - b * N;
+        const int n = (int)std::min<int64_t>({(int64_t)kBlock, N - n0, hi - it});
+        geo_block(a, b, n0, n, G);
+        for (int j = 0; j < n; ++j) {
+            ItemGeo<T>& gi = geo[it + j - first];
+            gi.f[0] = G.fx[j];
+            gi.f[1] = G.fy[j];
+            gi.f[2] = G.fz[j];
+            gi.i0[0] = G.ix[j];
+            gi.i0[1] = G.iy[j];
+            gi.i0[2] = G.iz[j];
+            gi.flip = (uint8_t)G.flip[j];
+            uint32_t valid = 0xFFu;
+            if (!G.inside[j]) {  // per-corner validity from the general rule
+                SlicePoint<T> s;
+                point(a, b, a.px[n0 + j], s);
+                valid = s.valid;
+            }
+            gi.valid = (uint8_t)valid;
+            if (valid & 0x0Fu) cnt[G.iz[j]] += 4;
+            if (valid & 0xF0u) cnt[G.iz[j] + 1] += 4;
+        }
+        it += n;
+    }
+}
+CVX_CLONES void scatter_geometry_c(const Args<float>& a, ItemGeo<float>* geo, int64_t first, int64_t lo, int64_t hi,
+                                   int64_t* cnt) {
+    scatter_geometry<float>(a, geo, first, lo, hi, cnt);
+}
+CVX_CLONES void scatter_geometry_c(const Args<double>& a, ItemGeo<double>* geo, int64_t first, int64_t lo,
+                                   int64_t hi, int64_t* cnt) {
+    scatter_geometry<double>(a, geo, first, lo, hi, cnt);
+}
+
 // Deterministic parallel scatter. Pass 1 (parallel over items) stores each item's geometry and a
 // histogram of the z planes it writes. The planes are then cut into one contiguous slab per
 // thread with about equal work; in pass 2 every thread scans all items in ascending order and
@@ -423,20 +765,7 @@ void scatter_kernel(const Args<T>& a, const ScatterOut<T>& o) {
         for (int t = 0; t < T_; ++t) {
             int64_t* cnt = counts.data() + (size_t)t * (Dv + 1);
             const int64_t lo = first + t * span, hi = std::min(last, first + (t + 1) * span);
-            for (int64_t it = lo; it < hi; ++it) {
-                const int64_t b = it / N;
-                SlicePoint<T> s;
-                point(a, b, a.px[it - b * N], s);
-                ItemGeo<T>& gi = geo[it - first];
-                for (int j = 0; j < 3; ++j) {
-                    gi.f[j] = s.f[j];
-                    gi.i0[j] = s.i0[j];
-                }
-                gi.valid = (uint8_t)s.valid;
-                gi.flip = (uint8_t)s.flip;
-                if (s.valid & 0x0Fu) cnt[s.i0[2]] += 4;
-                if (s.valid & 0xF0u) cnt[s.i0[2] + 1] += 4;
-            }
+            scatter_geometry_c(a, geo.data(), first, lo, hi, cnt);
         }
         // slabs of planes with about equal work (plus a scan cost per plane)
         std::vector<int64_t> work(Dv);
@@ -480,7 +809,9 @@ at::Tensor project_cpu(const c10::optional<at::Tensor>& basis, const c10::option
     auto in = host::prepare_project(basis, coeffs, bias, rot, radius, pad);
     auto out = at::zeros({in.g.B, in.g.D, in.g.Dimg_half}, in.rot.options().dtype(in.complex_t));
     AT_DISPATCH_FLOATING_TYPES(in.real_t, "cryovox_project", [&] {
-        project_kernel<scalar_t>(args_of<scalar_t>(in), real_mut_ptr<scalar_t>(out));
+        Args<scalar_t> a = args_of<scalar_t>(in);
+        const PixelCoords<scalar_t> coords(a);
+        project_kernel<scalar_t>(a, real_mut_ptr<scalar_t>(out));
     });
     return out;
 }
@@ -504,7 +835,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> project_backward_cpu(
     if (need_rot) g_rot = at::zeros({g.B, 3, 3}, in.rot.options());
     AT_DISPATCH_FLOATING_TYPES(in.real_t, "cryovox_project_backward", [&] {
         using T = scalar_t;
-        const Args<T> a = args_of<T>(in);
+        Args<T> a = args_of<T>(in);
+        const PixelCoords<T> coords(a);
         if (need_coeffs || need_rot)
             gather_grads_kernel<T>(a, real_ptr<T>(grad), real_mut_ptr<T>(g_coeffs), real_mut_ptr<T>(g_rot));
         if (need_basis || need_bias)
@@ -525,7 +857,8 @@ std::tuple<at::Tensor, at::Tensor> backproject_cpu(const at::Tensor& images, con
     auto weight = at::zeros({g.Dv, g.Dv, g.Dh}, in.rot.options());
     AT_DISPATCH_FLOATING_TYPES(in.real_t, "cryovox_backproject", [&] {
         using T = scalar_t;
-        const Args<T> a{nullptr, nullptr, nullptr, real_ptr<T>(in.rot), in.px.data(), (int64_t)in.px.size(), g};
+        Args<T> a{nullptr, nullptr, nullptr, real_ptr<T>(in.rot), in.px.data(), (int64_t)in.px.size(), g};
+        const PixelCoords<T> coords(a);
         scatter_kernel<T>(a, {real_ptr<T>(in.images), real_ptr<T>(in.weights), nullptr, real_mut_ptr<T>(data),
                               real_mut_ptr<T>(weight)});
     });
