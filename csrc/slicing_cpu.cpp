@@ -26,6 +26,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <vector>
 
 #ifdef _OPENMP
@@ -611,12 +612,15 @@ CVX_INLINE void scatter_items(const Args<T>& a, const ScatterOut<T>& o, const It
                               int64_t lo, int64_t hi, int32_t z_lo, int32_t z_hi, T* base) {
     const int64_t K = a.g.K, K2 = 2 * K, N = a.N, img = a.g.D * a.g.Dimg_half;
     const int64_t Dv = a.g.Dv, Dh = a.g.Dh;
+    // outputs that fit in a core's L2 cache gain nothing from the prefetch, only its cost
+    const int64_t out_bytes = a.g.M * (int64_t)sizeof(T) * ((o.out_k ? K2 : 0) + (o.out_1 ? 2 : 0) + (o.out_w ? 1 : 0));
+    const bool prefetch = out_bytes > (int64_t(1) << 21);
     // item first + i is pixel n of image b (counted, not divided: a 64-bit division per item costs)
     int64_t b = (first + lo) / N, n = first + lo - b * N;
     for (int64_t i = lo; i < hi; ++i, n = n + 1 == N ? (++b, 0) : n + 1) {
         const ItemGeo<T>& s = geo[i];
         const int32_t z0 = s.i0[2];
-        if (i + 2 < hi) {  // prefetch (for writing) the rows item i+2 updates
+        if (prefetch && i + 2 < hi) {  // prefetch (for writing) the rows item i+2 updates
             const ItemGeo<T>& s2 = geo[i + 2];
             for (int dz = 0; dz < 2; ++dz) {
                 const int32_t z = s2.i0[2] + dz;
@@ -762,18 +766,20 @@ void scatter_kernel(const Args<T>& a, const ScatterOut<T>& o) {
     const int64_t per_chunk = std::max<int64_t>(1, kScatterItems / N) * N;  // whole images per pass
     std::vector<int64_t> counts((size_t)T_ * (Dv + 1));
     std::vector<int32_t> cut(T_ + 1);
-    std::vector<ItemGeo<T>> geo;
+    // every entry is written by pass 1 before it is read: no zero-initialisation (new[], not vector)
+    const int64_t geo_items = std::min(total, per_chunk);
+    std::unique_ptr<ItemGeo<T>[]> geo_buf(new ItemGeo<T>[(size_t)geo_items]);
+    ItemGeo<T>* geo = geo_buf.get();
     for (int64_t first = 0; first < total; first += per_chunk) {
         const int64_t last = std::min(total, first + per_chunk), n_items = last - first;
         const int64_t span = (n_items + T_ - 1) / T_;
-        geo.resize((size_t)n_items);
         std::fill(counts.begin(), counts.end(), 0);
         // pass 1: geometry of every item, and per-thread histograms of the planes written
 #pragma omp parallel for schedule(static, 1) num_threads(T_)
         for (int t = 0; t < T_; ++t) {
             int64_t* cnt = counts.data() + (size_t)t * (Dv + 1);
             const int64_t lo = first + t * span, hi = std::min(last, first + (t + 1) * span);
-            scatter_geometry_c(a, geo.data(), first, lo, hi, cnt);
+            scatter_geometry_c(a, geo, first, lo, hi, cnt);
         }
         // slabs of planes with about equal work (plus a scan cost per plane)
         std::vector<int64_t> work(Dv);
@@ -800,7 +806,7 @@ void scatter_kernel(const Args<T>& a, const ScatterOut<T>& o) {
 #pragma omp for schedule(static, 1)
             for (int t = 0; t < T_; ++t)
                 if (cut[t] < cut[t + 1])
-                    scatter_items_c(a, o, geo.data(), first, 0, n_items, cut[t], cut[t + 1], base.data());
+                    scatter_items_c(a, o, geo, first, 0, n_items, cut[t], cut[t + 1], base.data());
         }
     }
 }
