@@ -41,6 +41,7 @@ CASES = [  # box, pad, K, basis, bias, radius
     (9, 2, 2, True, True, None),
     (12, 1, 4, False, True, 3.7),
     (10, 3, 5, True, False, 4.0),
+    (8, 2, 1, True, True, None),  # K = 1 with a bias: the single-volume paths with both volumes
 ]
 
 
@@ -80,8 +81,9 @@ def test_kernel_backproject_equals_reference_and_is_adjoint(box, pad):
 
 
 @needs_ext
-def test_kernel_float32_matches_reference():
-    basis, coeffs, bias, rot = make(20, 2, 3, 6, seed=5, dtype=torch.complex64)
+@pytest.mark.parametrize("K", [1, 3])  # single-volume and general paths
+def test_kernel_float32_matches_reference(K):
+    basis, coeffs, bias, rot = make(20, 2, K, 6, seed=5, dtype=torch.complex64)
     a = project_ref(basis, coeffs, bias, rot, 10.0, 2)
     b = _ext.project(basis, coeffs, bias, rot, 10.0, 2)
     assert b.dtype == torch.complex64 and rel(b, a) < 1e-5
@@ -92,31 +94,37 @@ def test_kernel_float32_matches_reference():
 
 
 @needs_ext
-def test_gradcheck_through_kernel():
-    basis, coeffs, bias, rot = make(4, 1, 2, 2, seed=3)
+@pytest.mark.parametrize("K", [1, 2])
+def test_gradcheck_through_kernel(K):
+    basis, coeffs, bias, rot = make(4, 1, K, 2, seed=3)
     inputs = tuple(t.requires_grad_() for t in (basis, coeffs, bias, rot))
     assert torch.autograd.gradcheck(lambda a, c, b, r: _ext.project(a, c, b, r, 2.0, 1), inputs,
                                     eps=1e-6, atol=1e-7)
 
 
 @needs_ext
-def test_backward_deterministic_and_thread_count_independent():
-    basis, coeffs, bias, rot = make(24, 1, 4, 160, seed=8, dtype=torch.complex64)
+@pytest.mark.parametrize("K", [4, 1])  # general and single-volume paths
+def test_backward_deterministic_and_thread_count_independent(K):
+    basis, coeffs, bias, rot = make(24, 1, K, 160, seed=8, dtype=torch.complex64)
     go = torch.randn(160, 24, 13, dtype=torch.complex64, generator=torch.Generator().manual_seed(0))
-    args = (go, basis, coeffs, bias, rot, 12.0, 1, [True, True, True, True])
+    wts = go.real.abs()
+    calls = [
+        (torch.ops.cryovox.project_backward, (go, basis, coeffs, bias, rot, 12.0, 1, [True, True, True, True])),
+        (torch.ops.cryovox.project_backward, (go, None, None, bias, rot, 12.0, 1, [False, False, True, True])),
+        (torch.ops.cryovox.backproject, (go, rot, wts, 12.0, 1)),
+    ]
     old = torch.get_num_threads()
-    try:
-        first = torch.ops.cryovox.project_backward(*args)
-        second = torch.ops.cryovox.project_backward(*args)
-        torch.set_num_threads(1)
-        serial = torch.ops.cryovox.project_backward(*args)
-    finally:
-        torch.set_num_threads(old)
-    for x, y, z in zip(first, second, serial):
-        assert torch.equal(x, y) and torch.equal(x, z)
-    d1 = _ext.backproject(go, rot, None, 12.0, 1)
-    d2 = _ext.backproject(go, rot, None, 12.0, 1)
-    assert torch.equal(d1[0], d2[0]) and torch.equal(d1[1], d2[1])
+    for op, args in calls:
+        try:
+            torch.set_num_threads(max(old, 2))  # more than one slab even on a 1-core machine
+            first = op(*args)
+            second = op(*args)
+            torch.set_num_threads(1)
+            serial = op(*args)
+        finally:
+            torch.set_num_threads(old)
+        for x, y, z in zip(first, second, serial):
+            assert torch.equal(x, y) and torch.equal(x, z)
 
 
 @needs_ext
