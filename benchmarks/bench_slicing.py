@@ -21,6 +21,9 @@ smaller batch and scaled per slice (marked '*').
 
 torch-fourier-slice runs in benchmarks/_venvs/tfs (never in the project venv), in a subprocess
 with the same sizes; K > 1 uses its multichannel extraction followed by the coefficient sum.
+Its backward computes the same set of gradients as the kernels' (basis, coeffs and rotations:
+the rotations reach grid_sample's sampling grid, whose gradient it returns), so fwd+bwd compares
+like with like.
 The column is skipped when that venv is absent.
 """
 

@@ -57,6 +57,12 @@ the CPU ops are C++/OpenMP, deterministic: the scatters (basis/bias gradients, b
 give each thread its own slab of z planes, so every voxel sums in ascending (image, pixel)
 order for any thread count. The CUDA ops (where built) accumulate with atomics: reproducible
 to rounding, not bitwise. Without the extension everything runs on the reference (one warning).
+A single volume (``K <= 1``: one basis volume and/or the bias, and ``backproject``) takes a
+specialised CPU path: geometry computed for blocks of pixels at once (vectorised), then the cell's
+4 rows of 2 adjacent voxels read or updated directly. The backward computes only the gradients
+asked for: with poses that do not require grad no rotation-gradient work is done at all.
+The ops have meta (shape-only) kernels, so ``torch.compile(fullgraph=True)``, FakeTensorMode and
+meta tensors trace them; the kernels are loaded when this module is imported.
 """
 
 from __future__ import annotations
