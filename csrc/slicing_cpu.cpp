@@ -52,6 +52,7 @@ using host::real_ptr;
 
 // Items (image, pixel) handled by one scatter pass; bounds its memory (per item: geometry, 20-32 bytes).
 constexpr int64_t kScatterItems = int64_t(1) << 21;
+constexpr int64_t kScatterItemsSerial = int64_t(1) << 15;
 
 // Below this many (image, pixel) items a call runs on one thread: starting a parallel region
 // costs more than it saves, and on an oversubscribed machine it can cost far more.
@@ -763,7 +764,10 @@ void scatter_kernel(const Args<T>& a, const ScatterOut<T>& o) {
     const int64_t N = a.N, Dv = a.g.Dv, total = a.g.B * N;
     if (total == 0) return;
     const int T_ = num_threads(total);
-    const int64_t per_chunk = std::max<int64_t>(1, kScatterItems / N) * N;  // whole images per pass
+    // whole images per pass; on one thread, passes small enough for their geometry to stay in L2
+    // (the order in which a voxel receives its contributions does not depend on the chunking)
+    const int64_t chunk_items = T_ == 1 ? kScatterItemsSerial : kScatterItems;
+    const int64_t per_chunk = std::max<int64_t>(1, chunk_items / N) * N;
     std::vector<int64_t> counts((size_t)T_ * (Dv + 1));
     std::vector<int32_t> cut(T_ + 1);
     // every entry is written by pass 1 before it is read: no zero-initialisation (new[], not vector)
