@@ -93,9 +93,11 @@ class CryoFormerModel(HeteroModel):
     search_min_deg / search_px / search_levels / search_pad / pose_prior_deg / pose_prior_px: pose
     refinement (module docstring; steps and prior widths in degrees and pixels, ``pose_prior_deg=None``:
     no prior; ``search_pad``: oversampling of the search's Fourier slices); n_particles: rows of the
-    per-particle pose estimates (set by :meth:`prepare`); projection: ``"voxel"`` or ``"field"`` (:mod:`.render`); chunk: (particle ×
-    point) evaluations per rendering chunk (memory bound); init_steps / init_points: consensus fit in
-    :meth:`prepare`.
+    per-particle pose estimates (set by :meth:`prepare`); projection: ``"voxel"`` or ``"field"``
+    (:mod:`.render`); chunk: (particle × point) evaluations per rendering chunk (the memory bound; a
+    batch that fits in one chunk runs without activation checkpointing: at 2^20 a step of 4 particles of
+    box 64 does, 1.6 → 1.1 s per particle on one CPU thread for 1.1 → 1.9 GB peak, against 2^18);
+    init_steps / init_points: consensus fit in :meth:`prepare`.
     """
 
     kind = "cryoformer"
@@ -109,7 +111,7 @@ class CryoFormerModel(HeteroModel):
                  search_deg: float = 4.0, search_min_deg: float = 0.5, search_px: float = 1.0,
                  search_levels: int = 2, search_pad: int = 2, pose_prior_deg: float | None = 5.0,
                  pose_prior_px: float = 1.0, n_particles: int = 0,
-                 projection: str = "voxel", chunk: int = 262144, init_steps: int = 200, init_points: int = 8192):
+                 projection: str = "voxel", chunk: int = 1 << 20, init_steps: int = 200, init_points: int = 8192):
         super().__init__()
         if zdim < 1:
             raise ValueError("zdim must be >= 1")
