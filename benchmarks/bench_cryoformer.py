@@ -241,7 +241,7 @@ def main() -> None:
         show(f"data: {args.particles} particles, {args.states} hinge states (0–{args.angle:g}°, 1A28 chain B), box "
              f"{args.box}, {args.apix:g} Å/px, SNR {args.snr:g}, CTF, shifts ±{args.shift:g} px; {args.epochs} epochs, "
              f"zdim 8; cryoformer batch {args.batch_size}, lr {args.lr:g}, voxel projection, refinement from epoch "
-             f"{args.pose_pretrain_epochs} (local search from {args.search_deg:g}°, prior {args.pose_prior:g}°); sfbp at its "
+             f"{args.pose_pretrain_epochs + 1} (local search from {args.search_deg:g}°, prior {args.pose_prior:g}°); sfbp at its "
              f"defaults (batch 64); torch threads {torch.get_num_threads()}")
         header = f"{'run':<34s} {'|rho|':>6s} {'AUC mean':>8s} {'min':>6s} {'rot err °':>9s} {'s/epoch':>8s}   per-state FSC-AUC"
 
