@@ -125,7 +125,7 @@ def test_attention_maps_of_an_sfbp_run_are_refused(cli, tmp_path):
     assert not (tmp_path / "v").exists()
 
 
-def _ddp_worker(rank: int, world: int, port: int, star: str, outdir: str, dumps: str) -> None:
+def _ddp_worker(rank: int, world: int, port: int, port2: int, star: str, outdir: str, dumps: str) -> None:
     import os
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
@@ -137,7 +137,10 @@ def _ddp_worker(rank: int, world: int, port: int, star: str, outdir: str, dumps:
 
     result = train_hetero(star, outdir, zdim=2, epochs=2, model="cryoformer", batch_size=8, device="cpu", seed=0,
                           model_options=dict(TINY, pose_pretrain_epochs=1), init="none")
-    tdist.init_process_group("gloo")               # train_hetero shut its group down: exchange as a next epoch would
+    # train_hetero shut its group down: exchange as a next epoch would, in a new group on a fresh port (a
+    # second rendezvous on the first group's port can pair the ranks with the torn-down store and hang)
+    os.environ["MASTER_PORT"] = str(port2)
+    tdist.init_process_group("gloo")
     result.model.start_epoch(2)
     torch.save({"delta": result.model.pose_delta, "dshift": result.model.pose_dshift}, f"{dumps}/rank{rank}.pt")
     tdist.destroy_process_group()
@@ -151,11 +154,12 @@ def test_two_gloo_processes_share_the_searched_poses(tmp_path):
     import torch.multiprocessing as mp
 
     small = make_two_state_set(tmp_path / "data", box=12, n=24, snr=0.5)
-    with socket.socket() as s:
+    with socket.socket() as s, socket.socket() as s2:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        s2.bind(("127.0.0.1", 0))
+        port, port2 = s.getsockname()[1], s2.getsockname()[1]
     out = tmp_path / "run"
-    mp.spawn(_ddp_worker, args=(2, port, str(small["star"]), str(out), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, port, port2, str(small["star"]), str(out), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert torch.allclose(r0["delta"], r1["delta"], atol=1e-12) and torch.allclose(r0["dshift"], r1["dshift"])
     given, refined = read_particles(small["star"]), read_particles(out / "particles.2.star")
