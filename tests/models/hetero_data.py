@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 
 def blob_states(box: int) -> list[np.ndarray]:
@@ -41,15 +40,3 @@ def make_two_state_set(root: Path, *, box: int = 24, n: int = 300, snr: float = 
     sim = simulate_particles(maps, root / "sim", n=n, snr=snr, shift=1.5, seed=seed, defocus=(10000.0, 25000.0))
     return {"star": sim.files["star"], "states": np.load(sim.files["states_npy"]), "maps": maps, "vols": vols,
             "apix": apix, "box": box}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Run these small-tensor tests on one torch thread (faster than two: the tensors are tiny and
-    thread hand-offs dominate, badly so on a busy machine); restored afterwards."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

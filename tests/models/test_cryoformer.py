@@ -15,7 +15,6 @@ from cryovox.core.rotations import euler_to_matrix, geodesic_distance, random_ro
 from cryovox.models import build_model, model_from_checkpoint
 from cryovox.models.cryoformer import CryoFormerModel, render
 from cryovox.models.cryoformer.poses import matrix_to_sixd, pose_loss, sixd_to_matrix
-from tests.models.hetero_data import one_torch_thread  # noqa: F401 (autouse fixture)
 
 TINY = dict(channels=16, n_queries=8, blocks=1, heads=2, n_tokens=2, levels=4, log2_table=10, base_resolution=4,
             enc_width=32, enc_layers=1, init_steps=0)

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from cryovox.models.cryoformer.hashgrid import PRIMES, HashGridEncoding, level_resolutions
-from tests.models.hetero_data import one_torch_thread  # noqa: F401 (autouse fixture)
 
 
 def test_level_resolutions_by_hand():

@@ -15,7 +15,7 @@ from cryovox.cli import main
 from cryovox.core.rotations import geodesic_distance
 from cryovox.io.checkpoint import load_checkpoint, save_checkpoint
 from cryovox.io.particles import read_particles
-from tests.models.hetero_data import make_two_state_set, one_torch_thread  # noqa: F401 (autouse fixture)
+from tests.models.hetero_data import make_two_state_set
 
 EPOCHS = 3
 TRAIN = ["--model", "cryoformer", "--zdim", "2", "--batch-size", "32", "--queries", "8", "--pose-pretrain-epochs", "1",
