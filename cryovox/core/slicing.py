@@ -235,10 +235,28 @@ def fourier_to_volume(vol_ft: Tensor, pad: int = 2, gridding: bool = True) -> Te
     """
     P = vol_ft.shape[-3]
     D = _image_size(P, pad)
-    vol = irfftn_c(vol_ft, P, 3)
-    if pad != 1:
-        o = P // 2 - D // 2
-        vol = vol[..., o:o + D, o:o + D, o:o + D]
+    if pad != 1 and P % 2 == 0:
+        vol = _centre_of_irfftn_c(vol_ft, D)
+    else:
+        vol = irfftn_c(vol_ft, P, 3)
+        if pad != 1:
+            o = P // 2 - D // 2
+            vol = vol[..., o:o + D, o:o + D, o:o + D]
     if gridding:
         vol = vol / gridding_correction(D, pad, 3, dtype=vol.dtype, device=vol.device)
     return vol
+
+
+def _centre_of_irfftn_c(vol_ft: Tensor, D: int) -> Tensor:
+    """The central ``D³`` of ``irfftn_c(vol_ft)`` for an even padded box ``P`` (``(..., P, P, P//2+1)``
+    → ``(..., D, D, D)``) without shifting the whole ``P³`` arrays: the transform of the unshifted
+    array differs from that of the ``ifftshift``-ed one by ``(−1)^(n_z + n_y)`` (a half-box shift in
+    frequency), and the central crop of the ``fftshift``-ed result is the voxels
+    ``(j − D//2) mod P``. Equal to the plain route to rounding; at pad 2 it avoids two full-size
+    copies."""
+    P = vol_ft.shape[-3]
+    raw = torch.fft.irfftn(vol_ft, s=(P, P, P), dim=(-3, -2, -1))
+    idx = (torch.arange(D, device=vol_ft.device) - D // 2) % P
+    crop = raw.index_select(-3, idx).index_select(-2, idx).index_select(-1, idx)
+    sign = 1.0 - 2.0 * (idx % 2).to(crop.dtype)
+    return crop * (sign[:, None, None] * sign[None, :, None])

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from cryovox.core._slicing_ref import project_ref
-from cryovox.core.fft import rfftn_c
+from cryovox.core.fft import irfftn_c, rfftn_c
 from cryovox.core.rotations import euler_to_matrix, random_rotations
 from cryovox.core.slicing import (
     backproject,
@@ -118,6 +118,20 @@ def test_volume_fourier_round_trip_and_gridding():
     s = (torch.sin(math.pi * n / 18) / (math.pi * n / 18)).nan_to_num(1.0) ** 2
     assert torch.allclose(g, s[:, None, None] * s[None, :, None] * s[None, None, :])
     assert torch.allclose(fourier_to_volume(volume_to_fourier(vol, 2, gridding=True), 2, gridding=False) * g, vol)
+
+
+@pytest.mark.parametrize("D, pad", [(8, 2), (9, 2), (10, 3), (7, 3), (6, 4)])
+def test_fourier_to_volume_equals_the_shift_and_crop_route(D, pad):
+    """Even padded boxes skip the full-size shifts (a sign pattern and an index crop instead); the
+    result must equal cropping the centre of irfftn_c, for odd and even D and batched input."""
+    g = torch.Generator().manual_seed(D * 10 + pad)
+    P = pad * D
+    ft = torch.randn(2, P, P, P // 2 + 1, dtype=torch.complex128, generator=g)
+    o = P // 2 - D // 2
+    plain = irfftn_c(ft, P, 3)[..., o:o + D, o:o + D, o:o + D]
+    out = fourier_to_volume(ft, pad=pad, gridding=False)
+    assert out.shape == (2, D, D, D)
+    assert torch.allclose(out, plain, rtol=0, atol=1e-12 * float(plain.abs().max()))
 
 
 def half_inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
