@@ -34,8 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shlex
 import subprocess
 import sys
 import time
@@ -301,12 +299,10 @@ def main() -> None:
                  f"{r['seconds_per_particle'] * args.timing_particles:16.0f} {r['peak_rss_gb']:12.2f}")
 
     if args.record:
-        cmd = "python benchmarks/bench_cryoformer.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        machine = f"{platform.node()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, " \
-                  f"torch {torch.__version__} ({args.threads} thread(s)), load average {os.getloadavg()[0]:.1f}"
-        with open(HERE / "RESULTS.md", "a") as f:
-            f.write(f"\n## train-hetero --model cryoformer (issue 8) — {time.strftime('%Y-%m-%d %H:%M')}\n\n"
-                    f"Machine: {machine}. Command: `{cmd}`.\n\n```\n" + "\n".join(lines) + "\n```\n")
+        from _record import record
+
+        record("train-hetero --model cryoformer (issue 8)", "\n".join(lines), args.threads,
+               f", load average {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

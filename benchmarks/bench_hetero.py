@@ -32,9 +32,7 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
-import platform
 import re
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -314,12 +312,9 @@ def main() -> None:
     text = "\n".join(lines)
     print(text, flush=True)
     if args.record:
-        cmd = "python benchmarks/bench_hetero.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        machine = f"{platform.node()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, " \
-                  f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
-        with open(HERE / "RESULTS.md", "a") as f:
-            f.write(f"\n## train-hetero (SFBP) vs cryoDRGN train_vae — {time.strftime('%Y-%m-%d %H:%M')}\n\n"
-                    f"Machine: {machine}. Command: `{cmd}`.\n\n```\n{text}\n```\n")
+        from _record import record
+
+        record("train-hetero (SFBP) vs cryoDRGN train_vae", text, torch.get_num_threads())
 
 
 if __name__ == "__main__":
