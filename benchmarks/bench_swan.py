@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-ARCHS = ("swan", "vq", "rq", "swan-single")
+ARCHS = ("swan", "vq", "rq", "rq:4:fine", "swan-single")
 
 
 def sh(cmd: list[str], log: list[str]) -> None:
@@ -79,8 +79,8 @@ def build_corpus(args, log) -> Path:
 def train_archs(args, corpus: Path, log) -> dict[str, dict]:
     out = {}
     for spec in args.archs:
-        arch, _, depth = spec.partition(":")  # "rq:2" = the RQ baseline with depth 2
-        d = Path(args.workdir) / (f"ae_{arch}" + (f"-d{depth}" if depth else ""))
+        arch, depth, grid = (spec.split(":") + ["", ""])[:3]  # "rq:4:fine" = RQ with depth 4 on the D/4 grid
+        d = Path(args.workdir) / (f"ae_{arch}" + (f"-d{depth}" if depth else "") + (f"-{grid}" if grid else ""))
         if not (d / "metrics.json").exists():
             cmd = [*cryovox(), "train-swan", corpus, "-o", d, "--arch", arch, "--epochs", args.epochs,
                    "--batch-size", args.batch_size, "--width", args.width, "--latent-dim", args.latent_dim,
@@ -88,6 +88,8 @@ def train_archs(args, corpus: Path, log) -> dict[str, dict]:
                    "--resume" if d.exists() else "--force"]
             if depth:
                 cmd += ["--rq-depth", depth]
+            if grid:
+                cmd += ["--rq-latent", grid]
             if not args.augment:
                 cmd.append("--no-augment")
             if args.amp:
@@ -105,7 +107,7 @@ def codes_per_map(cfg: dict) -> int:
     if cfg["arch"] == "vq":
         return lat**3
     if cfg["arch"] == "rq":
-        return cfg["rq_depth"] * lat**3
+        return cfg["rq_depth"] * (lat // 2 if cfg.get("rq_latent", "fine") == "coarse" else lat) ** 3
     n = sum(min(s, lat) ** 3 for s in cfg["fine_scales"])
     if cfg["arch"] == "swan":
         n += sum(min(s, lat // 2) ** 3 for s in cfg["coarse_scales"])
@@ -202,9 +204,11 @@ def throughput(args) -> dict:
 
     dev = resolve_device(args.device)
     out = {}
-    for arch in args.archs:
+    for spec in args.archs:
+        arch, depth, grid = (spec.split(":") + ["", ""])[:3]
+        kw = {k: v for k, v in (("rq_depth", int(depth) if depth else None), ("rq_latent", grid or None)) if v}
         m = build_model(arch, box=args.box, width=args.width, latent_dim=args.latent_dim,
-                        codebook_size=args.codebook_size).to(dev)
+                        codebook_size=args.codebook_size, **kw).to(dev)
         opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
         x = torch.randn(args.batch_size, 1, args.box, args.box, args.box, device=dev)
 
@@ -251,7 +255,7 @@ def main() -> None:
     p.add_argument("--apix", type=float, default=6.0)
     p.add_argument("--rotations", type=int, default=3)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--archs", nargs="+", default=list(ARCHS), help="archs to train; rq:N = RQ with depth N")
+    p.add_argument("--archs", nargs="+", default=list(ARCHS), help="archs to train; rq:N[:fine|coarse] = RQ with depth N on that grid")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--width", type=int, default=16)
@@ -305,9 +309,9 @@ def main() -> None:
                      "codebook usage train (test) | train maps/s |")
         lines.append("|---|---|---|---|---|---|---|---|---|---|")
         for arch, m in res.items():
-            arch = arch if ":" not in arch else f"rq (depth {arch.split(':')[1]})"
-            if arch == "rq":
-                arch = f"rq (depth {m['config']['rq_depth']})"
+            if arch.startswith("rq"):
+                c = m["config"]
+                arch = f"rq (depth {c['rq_depth']}, {c.get('rq_latent', 'fine')} grid)"
             t = m["test"]
             use = ", ".join(f"{c['usage']:.0%}" for c in m["codebook_train"])
             use_t = ", ".join(f"{c['usage']:.0%}" for c in m["codebook_test"])

@@ -20,6 +20,8 @@ def embed_command(
     projection: str = typer.Option("umap", "--projection", help="umap | pca (fast) for the 2D map."),
     rotations: int = typer.Option(24, "--rotations", help="Orientations averaged per map (rotation-invariant "
                                                           "vectors; 1 = the map as it is)."),
+    latent: str = typer.Option("encoder", "--latent", help="encoder (continuous latents) | quantised (codebook "
+                                                          "approximations) pooled into the vectors."),
     batch_size: int = typer.Option(16, "--batch-size", help="Maps per forward pass."),
     seed: int = seed_option(),
     device: str = device_option(),
@@ -36,10 +38,11 @@ def embed_command(
     from cryovox.utils.job import job
 
     config = dict(model=model, inputs=list(inputs), neighbors=neighbors, split=split, projection=projection,
-                  rotations=rotations, batch_size=batch_size, seed=seed, device=device)
+                  rotations=rotations, latent=latent, batch_size=batch_size, seed=seed, device=device)
     with job(outdir, force=force, config=config, command="embed") as run:
         from cryovox.pipelines import embed
 
         result = embed.run(model, list(inputs), run.dir, neighbors=neighbors, device=device, split=split,
-                           projection=projection, rotations=rotations, batch_size=batch_size, seed=seed)
+                           projection=projection, rotations=rotations, batch_size=batch_size, seed=seed,
+                           latent=latent)
         run.report(result.summary())

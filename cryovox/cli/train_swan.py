@@ -41,7 +41,9 @@ def train_swan_command(
     latent_dim: int = typer.Option(32, "--latent-dim", help="Code vector length."),
     codebook_size: int = typer.Option(4096, "--codebook-size", help="Codes per level."),
     beta: float = typer.Option(0.25, "--beta", help="Commitment loss weight."),
-    rq_depth: int = typer.Option(4, "--rq-depth", help="Residual depth of --arch rq."),
+    rq_depth: int = typer.Option(8, "--rq-depth", help="Residual codes per position of --arch rq."),
+    rq_latent: str = typer.Option("coarse", "--rq-latent",
+                                  help="Grid --arch rq quantises: coarse (D/8, RQ-VAE's layout) or fine (D/4)."),
     fine_scales: Optional[str] = typer.Option(None, "--fine-scales",
                                               help="Perception scales of the fine level, e.g. 1,4,6,8,10,12,14,16 "
                                                    "(default: the paper's, scaled to the box)."),
@@ -72,7 +74,8 @@ def train_swan_command(
 
     config = dict(corpus=corpus, stage=stage, model=model, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
                   weight_decay=weight_decay, amp=amp, resume=resume, width=width, latent_dim=latent_dim,
-                  codebook_size=codebook_size, beta=beta, rq_depth=rq_depth, fine_scales=fine_scales,
+                  codebook_size=codebook_size, beta=beta, rq_depth=rq_depth, rq_latent=rq_latent,
+                  fine_scales=fine_scales,
                   coarse_scales=coarse_scales, reinit_dead=reinit_dead, augment=augment, workers=workers,
                   max_eval=max_eval, unet_base=unet_base, timesteps=timesteps, cond_pool=cond_pool, seed=seed,
                   device=device)
@@ -80,6 +83,8 @@ def train_swan_command(
         raise InputError(f"--stage {stage}: expected autoencoder or diffusion")
     if arch not in ("swan", "vq", "rq", "swan-single"):
         raise InputError(f"--arch {arch}: expected swan, vq, rq or swan-single")
+    if rq_latent not in ("coarse", "fine"):
+        raise InputError(f"--rq-latent {rq_latent}: expected coarse or fine")
     if stage == "diffusion" and model is None:
         raise InputError("--stage diffusion needs --model (the model.pt of a trained autoencoder)")
     fine = _ints(fine_scales, "--fine-scales")
@@ -96,7 +101,8 @@ def train_swan_command(
             result = train_swan.run(corpus, run.dir, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
                                     weight_decay=weight_decay, amp=amp, resume=resume, device=device, seed=seed,
                                     width=width, latent_dim=latent_dim, codebook_size=codebook_size, beta=beta,
-                                    rq_depth=rq_depth, fine_scales=fine, coarse_scales=coarse,
+                                    rq_depth=rq_depth, rq_latent=rq_latent, fine_scales=fine,
+                                    coarse_scales=coarse,
                                     reinit_dead=reinit_dead, augment=augment, workers=workers,
                                     max_eval=max_eval)
         run.report(result.summary())

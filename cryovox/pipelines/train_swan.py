@@ -244,7 +244,8 @@ def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
 def run(corpus: Path, outdir: Path, *, arch: str = "swan", epochs: int = 50, batch_size: int = 8,
         lr: float = 1e-3, weight_decay: float = 1e-5, amp: bool = False, resume: bool = False,
         device: str = "auto", seed: int = 0, width: int = 32, latent_dim: int = 32,
-        codebook_size: int = 4096, beta: float = 0.25, pe_levels: int = 10, rq_depth: int = 4,
+        codebook_size: int = 4096, beta: float = 0.25, pe_levels: int = 10, rq_depth: int = 8,
+        rq_latent: str = "coarse",
         fine_scales: Sequence[int] | None = None, coarse_scales: Sequence[int] | None = None,
         reinit_dead: bool = True, augment: bool = True, workers: int = 0, eval_batch_size: int = 8,
         max_eval: int | None = None, progress: bool = True) -> TrainSwanResult:
@@ -252,7 +253,7 @@ def run(corpus: Path, outdir: Path, *, arch: str = "swan", epochs: int = 50, bat
 
     epochs: total epochs (with ``resume``, training continues up to this number);
     batch_size: maps per step per process; lr / weight_decay: AdamW; amp: bf16 autocast;
-    width / latent_dim / codebook_size / beta / pe_levels / rq_depth / *_scales: model
+    width / latent_dim / codebook_size / beta / pe_levels / rq_depth / rq_latent / *_scales: model
     (:class:`~cryovox.models.swan.SwanConfig`); reinit_dead: re-initialise dead codes each
     epoch; augment: random rotations of the training maps (:class:`cryovox.data.volumes.VolumeDataset`,
     deterministic per epoch and map); workers: DataLoader worker processes; max_eval: evaluate at
@@ -275,6 +276,7 @@ def run(corpus: Path, outdir: Path, *, arch: str = "swan", epochs: int = 50, bat
     try:
         cfg = SwanConfig(arch=arch, box=store.box, width=width, latent_dim=latent_dim,
                          codebook_size=codebook_size, beta=beta, pe_levels=pe_levels, rq_depth=rq_depth,
+                         rq_latent=rq_latent,
                          fine_scales=list(fine_scales) if fine_scales else None,
                          coarse_scales=list(coarse_scales) if coarse_scales else None)
     except ValueError as err:

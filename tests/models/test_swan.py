@@ -52,17 +52,19 @@ def test_split_input_conv_equals_one_conv_over_concatenation():
     assert torch.allclose(conv(x), ref, atol=1e-5)
 
 
-@pytest.mark.parametrize("arch", ["swan", "vq", "rq", "swan-single"])
-def test_autoencoder_shapes_and_latent_stacking(arch):
+@pytest.mark.parametrize("arch,extra", [("swan", {}), ("vq", {}), ("rq", {}), ("rq", {"rq_latent": "fine", "rq_depth": 4}),
+                                        ("swan-single", {})])
+def test_autoencoder_shapes_and_latent_stacking(arch, extra):
     torch.manual_seed(1)
-    m = build_model(arch, box=16, width=8, latent_dim=4, codebook_size=16, pe_levels=2).eval()
+    m = build_model(arch, box=16, width=8, latent_dim=4, codebook_size=16, pe_levels=2, **extra).eval()
     x = torch.randn(2, 16, 16, 16)
     out = m(x)
     assert out.recon.shape == (2, 1, 16, 16, 16)
     levels = 2 if arch == "swan" else 1
     assert len(out.quant) == levels
-    assert out.quant[0].z_q.shape == (2, 4, 4, 4, 4)
-    n_steps = {"swan": 4, "swan-single": 4, "vq": 1, "rq": 4}[arch]
+    side = 2 if m.cfg.coarse_only else 4          # the RQ-VAE layout quantises the D/8 grid
+    assert out.quant[0].z_q.shape == (2, 4, side, side, side)
+    n_steps = {"swan": 4, "swan-single": 4, "vq": 1, "rq": m.cfg.rq_depth}[arch]
     assert len(out.quant[0].indices) == n_steps
     grid = m.latent_grid(x)
     assert grid.shape == (2, 4 * levels, 4, 4, 4)
@@ -70,6 +72,34 @@ def test_autoencoder_shapes_and_latent_stacking(arch):
     for p, q in zip(parts, out.quant):
         assert torch.allclose(p, q.z_q, atol=1e-6)  # stacking is undone exactly
     assert torch.allclose(m.decode_grid(grid, snap=False), out.recon[:, 0], atol=1e-5)
+
+
+def test_rq_baseline_is_rate_matched_with_vq_by_default():
+    """RQ-VAE layout: 8 codes at each D/8 position = as many codes per map as VQ at D/4."""
+    rq, vq = build_model("rq", box=16, width=8, latent_dim=4, codebook_size=16), build_model("vq", box=16, width=8,
+                                                                                          latent_dim=4, codebook_size=16)
+    x = torch.randn(1, 16, 16, 16)
+    n_rq = sum(i.numel() for i in rq.eval()(x).quant[0].indices)
+    n_vq = sum(i.numel() for i in vq.eval()(x).quant[0].indices)
+    assert n_rq == n_vq == 64
+
+
+def test_two_level_swan_starts_as_its_single_level_ablation():
+    """At initialisation the coarse level neither enters the fine latent nor the decoder (zero-initialised
+    conditioning), yet the decoder's weights on it receive gradients, so training can switch it on."""
+    torch.manual_seed(2)
+    m = build_model("swan", box=16, width=8, latent_dim=4, codebook_size=16, pe_levels=2).eval()
+    x = torch.randn(2, 16, 16, 16)
+    before = m(x)
+    with torch.no_grad():
+        m.q2.codebook.add_(torch.randn_like(m.q2.codebook))     # a different coarse latent …
+    after = m(x)
+    assert torch.equal(before.recon, after.recon)                    # … changes nothing yet
+    assert not torch.equal(before.quant[1].z_q, after.quant[1].z_q)
+    F.mse_loss(after.recon[:, 0], x).backward()
+    w4 = 4 * 8
+    assert m.dec_in.weight.grad[:, w4:].abs().sum() > 0
+    assert m.combi_conv.weight.grad[:, :w4].abs().sum() > 0
 
 
 def test_cosine_schedule():

@@ -144,6 +144,24 @@ def test_embed_neighbours_are_the_nearest_latent_vectors(trained, corpus, tmp_pa
     assert info["nn_hit_rate"] == pytest.approx(hits)
 
 
+def test_descriptors_pool_the_chosen_latents(trained, corpus):
+    """latent="encoder" pools the encoder's continuous outputs, "quantised" the codebook approximations."""
+    from cryovox.io.corpus import open_corpus
+    from cryovox.pipelines.embed import descriptors, pooled_descriptor
+    from cryovox.pipelines.train_swan import load_model
+
+    ae, _ = load_model(trained / "model.pt", torch.device("cpu"))
+    store = open_corpus(corpus)
+    maps = torch.stack([torch.as_tensor(store[i]) for i in range(3)]).float()
+    z, quant, _ = ae.encode(maps)
+    for latent, grids in (("encoder", z), ("quantised", [q.z_q for q in quant])):
+        ref = torch.cat([pooled_descriptor(g) for g in grids], 1)
+        got = descriptors(ae, maps, torch.device("cpu"), rotations=1, latent=latent, progress=False)
+        assert torch.allclose(got, ref, atol=1e-5), latent
+    assert not torch.allclose(descriptors(ae, maps, "cpu", rotations=1, latent="quantised", progress=False),
+                              descriptors(ae, maps, "cpu", rotations=1, latent="encoder", progress=False))
+
+
 def test_pooled_descriptor_values_and_invariance():
     """Shell means against a plain loop; exact invariance to axis permutations and to
     reflections about the centre voxel (which keep every voxel's distance from it)."""

@@ -13,9 +13,24 @@ coarse one ``D/8``)::
 This is the paper's Alg. 1 with K = 2 levels decoded coarse to fine; ``Q_k`` are
 :class:`~cryovox.models.swan.quantisers.MultiScaleResidualQuantiser` with the level's perception
 scales. The single-level archs drop level 2 (``r_2`` is absent, ``combi_conv`` is skipped) and
-differ only in ``Q_1``: one lookup (``vq``), ``rq_depth`` residual lookups (``rq``), or the
-multi-scale quantiser (``swan-single``, the paper's RQ1-only ablation). Encoder and decoder
+differ only in ``Q_1``: one lookup (``vq``), the multi-scale quantiser (``swan-single``, the
+paper's RQ1-only ablation), or ``rq_depth`` residual lookups (``rq``). Encoder and decoder
 widths are identical for all four, so comparisons are fair.
+
+The ``rq`` baseline follows RQ-VAE's layout (Lee et al., CVPR 2022) by default
+(``rq_latent="coarse"``): its point is to quantise a feature map of *lower* spatial resolution
+by several residual codes per position (their 8×8×4 codes replace VQGAN's 16×16), so it
+quantises the coarse grid ``D/8`` (encoder and decoder paths of SWAN's coarse level) with
+``rq_depth`` = 8 codes per position, the same number of codes per map as the VQ baseline
+(``8 · (D/8)³ = (D/4)³``). ``rq_latent="fine"`` quantises the ``D/4`` grid instead (``rq_depth``
+codes per fine position: 4 × the VQ baseline's codes at depth 4).
+
+Initialisation of the two-level model: ``combi_conv`` starts as the identity on ``enc_1``
+(zero weights on ``r_2``) and the decoder's input convolution starts with zero weights on
+``r_2``, so SWAN starts as its single-level ablation and learns how much of the coarse level to
+use (zero-initialised conditioning branches, as in ReZero/ControlNet); randomly initialised,
+the coarse path adds noise to the fine latent early on and the two-level model trained behind
+the single-level one at equal steps.
 
 Perception scales are given for 64³ boxes (fine ``[1,4,6,8,10,12,14,16]`` on a 16³ latent,
 coarse ``[1,2,4,8]`` on 8³) and scaled with the latent grid for other boxes
@@ -64,7 +79,9 @@ class SwanConfig:
     box: input edge length D (a multiple of 8); width: base channel count w; latent_dim: code
     length C; codebook_size: codes per level; beta: commitment weight; pe_levels: positional
     encoding frequencies L; fine_scales / coarse_scales: perception scales (None → the paper's,
-    rescaled to the box); rq_depth: lookups of the RQ baseline; groups: GroupNorm groups.
+    rescaled to the box); rq_depth: lookups per position of the RQ baseline; rq_latent: grid the
+    RQ baseline quantises, ``"coarse"`` (``D/8``, RQ-VAE's layout) or ``"fine"`` (``D/4``);
+    groups: GroupNorm groups.
     """
 
     arch: str = "swan"
@@ -76,13 +93,16 @@ class SwanConfig:
     pe_levels: int = 10
     fine_scales: list[int] | None = None
     coarse_scales: list[int] | None = None
-    rq_depth: int = 4
+    rq_depth: int = 8
+    rq_latent: str = "coarse"
     groups: int = 8
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise ValueError(f"unknown arch {self.arch!r}; one of {', '.join(ARCHS)}")
+        if self.rq_latent not in ("coarse", "fine"):
+            raise ValueError(f"rq_latent must be 'coarse' or 'fine', not {self.rq_latent!r}")
         if self.box % 8:
             raise ValueError(f"box {self.box} must be a multiple of 8 (two levels of 2× and 4× down-sampling)")
         if self.fine_scales is None:
@@ -95,6 +115,11 @@ class SwanConfig:
     @property
     def levels(self) -> int:
         return 2 if self.arch == "swan" else 1
+
+    @property
+    def coarse_only(self) -> bool:
+        """True for the RQ baseline on the ``D/8`` grid (RQ-VAE's layout)."""
+        return self.arch == "rq" and self.rq_latent == "coarse"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -192,6 +217,9 @@ class SwanAutoencoder(nn.Module):
         self.quant_conv1 = nn.Conv3d(w4, c, 1)
         self.post_quant1 = nn.Conv3d(c, w4, 1)
         lat = cfg.box // 4
+        if cfg.coarse_only:      # RQ-VAE layout: one more 2× down-sampling before, one up-sampling after Q_1
+            self.enc2 = nn.Sequential(Down(w4, w4), ResBlock(w4, w4, g))
+            self.dec2 = nn.Sequential(ResBlock(w4, w4, g), Up(w4, w4))
         if cfg.arch == "vq":
             self.q1: MultiScaleResidualQuantiser = VectorQuantiser(c, cfg.codebook_size, beta=cfg.beta)
         elif cfg.arch == "rq":
@@ -210,6 +238,12 @@ class SwanAutoencoder(nn.Module):
         else:
             dec_in = w4
         self.dec_in = nn.Conv3d(dec_in, w4, 3, padding=1)
+        if cfg.levels == 2:     # start as the single-level model (module docstring)
+            with torch.no_grad():
+                self.combi_conv.weight.zero_()
+                self.combi_conv.bias.zero_()
+                self.combi_conv.weight[torch.arange(w4), w4 + torch.arange(w4), 1, 1, 1] = 1.0
+                self.dec_in.weight[:, w4:].zero_()
         self.dec = nn.Sequential(ResBlock(w4, w4, g), Up(w4, w2), ResBlock(w2, w2, g), Up(w2, w),
                                  ResBlock(w, w, g), _norm(w, g), nn.SiLU(), nn.Conv3d(w, 1, 3, padding=1))
 
@@ -243,12 +277,14 @@ class SwanAutoencoder(nn.Module):
             z1 = self.quant_conv1(self.combi_conv(torch.cat([r2, e1], 1)))
             qo1 = self.q1(z1)
             return [z1, z2], [qo1, qo2], r2
-        z1 = self.quant_conv1(e1)
+        z1 = self.quant_conv1(self.enc2(e1) if self.cfg.coarse_only else e1)
         return [z1], [self.q1(z1)], None
 
     def decode(self, q: Sequence[Tensor]) -> Tensor:
         """Decode quantised latents (fine first; for ``swan`` also the coarse one) to ``(B, 1, D³)``."""
         h = self.post_quant1(q[0])
+        if self.cfg.coarse_only:
+            h = self.dec2(h)
         if self.cfg.levels == 2:
             r2 = self.dec2(self.post_quant2(q[1].to(h.dtype)))
             h = torch.cat([h, r2], 1)
@@ -257,6 +293,8 @@ class SwanAutoencoder(nn.Module):
     def forward(self, x: Tensor) -> SwanOut:
         _, quant, r2 = self.encode(x)
         h = self.post_quant1(quant[0].z_q.to(self.post_quant1.weight.dtype))
+        if self.cfg.coarse_only:
+            h = self.dec2(h)
         if r2 is not None:
             h = torch.cat([h, r2.to(h.dtype)], 1)
         recon = self.dec(self.dec_in(h))
@@ -269,10 +307,12 @@ class SwanAutoencoder(nn.Module):
         return self.forward(x).recon[:, 0]
 
     @torch.no_grad()
-    def latents(self, x: Tensor) -> list[Tensor]:
-        """Quantised latent grids, fine first: ``(B, C, D/4³)`` and, for ``swan``, ``(B, C, D/8³)``."""
-        _, quant, _ = self.encode(x)
-        return [q.z_q for q in quant]
+    def latents(self, x: Tensor, quantised: bool = True) -> list[Tensor]:
+        """Latent grids, fine first: ``(B, C, D/4³)`` and, for ``swan``, ``(B, C, D/8³)``; the quantised
+        ones (codebook approximations), or with ``quantised=False`` the encoder's continuous outputs
+        before quantisation."""
+        z, quant, _ = self.encode(x)
+        return [q.z_q for q in quant] if quantised else z
 
     @property
     def latent_channels(self) -> int:
@@ -284,18 +324,19 @@ class SwanAutoencoder(nn.Module):
         """All quantised latents on the fine grid: ``(B, C·levels, D/4, D/4, D/4)``.
 
         For ``swan`` the coarse latent ``(B, C, D/8³)`` is up-sampled (nearest, 2×) and stacked
-        after the fine one; :meth:`decode_grid` undoes this. Used by ``embed`` and the diffusion.
+        after the fine one (the ``rq`` baseline's ``D/8`` latent is up-sampled the same way);
+        :meth:`decode_grid` undoes this. Used by ``embed`` and the diffusion.
         """
         lat = self.latents(x)
-        if len(lat) == 2:
-            lat[1] = F.interpolate(lat[1], scale_factor=2, mode="nearest")
+        fine = self.cfg.box // 4
+        lat = [g if g.shape[-1] == fine else F.interpolate(g, scale_factor=2, mode="nearest") for g in lat]
         return torch.cat(lat, 1)
 
     @torch.no_grad()
     def split_grid(self, grid: Tensor) -> list[Tensor]:
         """Inverse of the stacking in :meth:`latent_grid` (the coarse part is 2×2×2 block-averaged)."""
         c = self.cfg.latent_dim
-        parts = [grid[:, :c]]
+        parts = [F.avg_pool3d(grid[:, :c], 2) if self.cfg.coarse_only else grid[:, :c]]
         if self.cfg.levels == 2:
             parts.append(F.avg_pool3d(grid[:, c:2 * c], 2))
         return parts
@@ -338,7 +379,9 @@ def build_model(arch: str = "swan", **overrides: Any) -> SwanAutoencoder:
 
 def model_from_state(state: dict[str, Any]) -> SwanAutoencoder:
     """Rebuild a model from a ``swan`` checkpoint dict (``config`` + ``model`` weights)."""
-    cfg = SwanConfig(**state["config"])
+    config = dict(state["config"])
+    config.setdefault("rq_latent", "fine")      # checkpoints written before rq_latent existed
+    cfg = SwanConfig(**config)
     model = SwanAutoencoder(cfg)
     model.load_state_dict(state["model"])
     return model
