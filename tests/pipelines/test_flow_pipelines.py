@@ -12,31 +12,13 @@ from cryovox.core.fft import fftn_c
 from cryovox.core.fsc import fsc, fsc_auc
 from cryovox.core.rotations import euler_to_matrix, geodesic_distance
 from cryovox.io.mrc import read_map, write_map, write_stack
-from tests.synthetic import gaussian_blobs
+from tests.synthetic import blob_corpus as make_corpus, gaussian_blobs
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 def blob_map(D, seed, n=5, sigma=1.6):
     return gaussian_blobs(D, seed=seed, n=n, sigma=sigma).astype(np.float32)
-
-
-def make_corpus(path, n=12, D=16, apix=4.0):
-    """A minimal finished corpus store (the format of cryovox.io.corpus): curate-like zero-mean maps."""
-    path.mkdir()
-    vols = np.stack([blob_map(D, i) for i in range(n)])
-    vols = (vols - vols.mean((1, 2, 3), keepdims=True)) / vols.std((1, 2, 3), keepdims=True)
-    np.save(path / "volumes.npy", vols.astype(np.float32))
-    splits = ["train"] * (n - 4) + ["val"] * 2 + ["test"] * 2
-    with open(path / "metadata.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["index", "entry_id", "rotation", "split"])
-        for i, s in enumerate(splits):
-            w.writerow([i, f"EMD-{i}", 0, s])
-    (path / "rejected.csv").write_text("entry_id,category,reason,header,map\n")
-    (path / "corpus.json").write_text(json.dumps({"format": "cryovox-corpus", "version": 1, "apix": apix, "box": D,
-                                                  "n_samples": n}))
-    return vols, splits
 
 
 @pytest.fixture(scope="module")
