@@ -20,7 +20,8 @@ def train_hetero_command(
     model: str = typer.Option("sfbp", "--model", help="Model: sfbp (structural-basis VAE, sparse Fourier "
                                                       "backpropagation) or cryoformer (real-space hash-grid "
                                                       "decoder, deformation transformer, pose refinement)."),
-    n_basis: int = typer.Option(16, "--basis", help="Number of Fourier basis volumes K."),
+    n_basis: int = typer.Option(16, "--basis", help="Number of Fourier basis volumes K (cryoformer: of the fixed "
+                                                    "random basis of the encoder's basis features)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Particles per step (per process)."),
     lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate of the encoder and the coefficient MLP."),
     basis_lr: float = typer.Option(1e-2, "--basis-lr", help="Adam learning rate of the basis volumes (whitened "
@@ -35,8 +36,9 @@ def train_hetero_command(
     dec_width: int = typer.Option(64, "--dec-dim", help="Width of the residual MLP s(z)."),
     dec_blocks: int = typer.Option(2, "--dec-layers", help="Residual blocks of s(z)."),
     enc_features: str = typer.Option("basis", "--enc-features", help="Encoder input: basis (per-particle "
-                                     "posterior of the basis coefficients of a linear model), image (the whitened, "
-                                     "low-passed image, as cryoDRGN) or both."),
+                                     "posterior of the basis coefficients of a linear model; cryoformer: of a fixed "
+                                     "random basis around the consensus), image (the whitened, low-passed image, "
+                                     "as cryoDRGN and the CryoFormer paper) or both."),
     encoder_input: str = typer.Option("phase-flip", "--enc-input", help="Image features: phase-flip (image × "
                                                                         "sign CTF) or raw."),
     enc_radius: Optional[float] = typer.Option(None, "--enc-radius", help="Highest frequency (pixels) of the image "
@@ -79,7 +81,8 @@ def train_hetero_command(
     Fourier-space basis volumes and takes each particle's central slice directly (sparse Fourier
     backpropagation). The cryoformer model (Liu et al. 2024) decodes density in real space from a
     hash-grid feature volume through a query-based deformation transformer and refines the poses.
-    Several GPUs or nodes: run under torchrun. Epochs are numbered from 0.
+    Several GPUs or nodes: run under torchrun. Epochs are numbered from 1, as in cryoDRGN
+    (weights.N.pt and z.N.pkl after N epochs).
 
     Example: cryovox train-hetero sim/particles.star -o hetero/ --zdim 8 -n 20
     """
@@ -101,7 +104,8 @@ def train_hetero_command(
         if not pose_search_deg > 0:
             raise InputError(f"--pose-search-deg {pose_search_deg:g}: must be > 0")
         model_options = dict(basis_lr=basis_lr, enc_width=enc_width, enc_layers=enc_layers, radius=radius,
-                             enc_radius=enc_radius, refine_poses=refine_poses,
+                             enc_radius=enc_radius, enc_features=enc_features, feature_basis=n_basis,
+                             refine_poses=refine_poses,
                              pose_pretrain_epochs=pose_pretrain_epochs, deformation=not no_deformation,
                              decoder="mlp" if mlp_decoder else "transformer", projection=projection,
                              n_queries=queries, pose_prior_deg=pose_prior_deg if pose_prior_deg > 0 else None,

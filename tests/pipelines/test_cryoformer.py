@@ -19,7 +19,7 @@ from tests.models.hetero_data import make_two_state_set
 
 EPOCHS = 3
 TRAIN = ["--model", "cryoformer", "--zdim", "2", "--batch-size", "32", "--queries", "8", "--pose-pretrain-epochs", "1",
-         "--init", "none", "--device", "cpu", "--seed", "0"]
+         "--device", "cpu", "--seed", "0"]
 TINY = dict(channels=16, n_queries=8, blocks=1, heads=2, n_tokens=2, levels=4, log2_table=10, base_resolution=4,
             enc_width=32, enc_layers=1, init_steps=20, init_points=512)
 
@@ -52,7 +52,8 @@ def test_training_writes_checkpoints_latents_and_refined_poses(trained, data):
         assert np.allclose(refined.ctf["defocus_u"], given.ctf["defocus_u"])
         moved = geodesic_distance(torch.from_numpy(refined.rotations), torch.from_numpy(given.rotations))
         assert 0.0 < float(moved.mean()) < 5.0                         # refined near the input poses
-        assert np.abs(refined.shifts - given.shifts).max() < 3 * data["apix"]
+        dshift = np.linalg.norm(refined.shifts - given.shifts, axis=1) / data["apix"]    # px
+        assert float(dshift.mean()) < 1.0, dshift.mean()                  # the 1 px shift prior holds them
     log = (trained / "run.log").read_text()
     assert "refined poses in particles.3.star" in log
 

@@ -9,10 +9,23 @@ embedding ``z``:
 3. queries: ``Q`` learnable vectors (``n_queries × C``) pass ``blocks`` transformer decoder blocks
    (pre-norm: self-attention among the queries, cross-attention from the queries to ``D(z)``,
    a feed-forward network) → ``Q(z)``, the same for every point of the particle;
-4. spatial cross-attention: ``f(x)`` attends to ``Q(z)`` (``heads`` heads):
-   ``h = f + W_o · softmax(W_q f · (W_k Q(z))ᵀ / √d) · W_v Q(z)``; the attention weights over the
-   queries are what :meth:`QueryDecoder.attention` returns (the "attention maps");
-5. density ``σ(x, z) = FFN(LN(h))`` (one number, times the model's density scale).
+4. spatial cross-attention: ``f(x)`` attends to ``Q(z)`` (``heads`` heads), and the deformation
+   embedding is also added to every point's features:
+   ``h = f + W_o · softmax(W_q f · (W_k Q(z))ᵀ / √d) · W_v Q(z) + W_z z``; the attention weights over
+   the queries are what :meth:`QueryDecoder.attention` returns (the "attention maps");
+5. density ``σ(x, z) = MLP(LN(h))`` (``head_layers`` hidden layers of ``2C``, ReLU; one number,
+   times the model's density scale).
+
+Why the direct term ``W_z z`` and the deeper head (a measured departure from a literal reading of
+the paper): fitted to the ten true maps of the hinge benchmark with the true state as ``z`` (clean
+3D maps, no images, 1000 Adam steps), the decoder without them never used ``z`` — every map stayed
+the consensus (per-state FSC-AUC 0.870 at step 0 and at step 1000; maps of the two end states equal
+to 3·10⁻⁸), because the 64 queries leave the blocks nearly identical (the cross-attention output over
+four memory tokens is shared by all queries), so the spatial attention is uniform (entropy ln 64)
+and ``z`` reaches a point only as a small constant offset that a one-layer head cannot turn into a
+local change. With both changes the same fit reaches FSC-AUC 0.982 (the MLP ablation: 0.986) and
+the spatial attention becomes selective (entropy 3.6 of 4.16): the queries then carry the local,
+``z``-dependent corrections the attention maps show.
 
 :class:`MLPDecoder` is the ablation "MLP instead of transformer": ``σ = MLP([f(x), z])``.
 Both decoders split into ``condition(z)`` (once per particle) and ``density(features, cond)``.
@@ -69,13 +82,16 @@ class QueryDecoder(nn.Module):
     """Query-based deformation transformer and spatial cross-attention (see the module docstring).
 
     zdim: size of ``z``; channels: ``C`` (64); n_queries: ``Q`` (64); blocks: decoder blocks (3);
-    heads: attention heads (4); n_tokens: deformation tokens made from ``z`` (4); deformation:
-    False ignores ``z`` (the "no deformation encoder" ablation: the queries are constants).
+    heads: attention heads (4); n_tokens: deformation tokens made from ``z`` (4); head_layers: hidden
+    layers of the density head (3); deformation: False ignores ``z`` (the "no deformation encoder"
+    ablation: the queries are constants and there is no direct term).
     """
 
     def __init__(self, zdim: int, channels: int = 64, n_queries: int = 64, blocks: int = 3, heads: int = 4,
-                 n_tokens: int = 4, deformation: bool = True):
+                 n_tokens: int = 4, deformation: bool = True, head_layers: int = 3):
         super().__init__()
+        if head_layers < 1:
+            raise ValueError("the density head needs at least one hidden layer")
         if channels % heads:
             raise ValueError(f"channels ({channels}) must be a multiple of heads ({heads})")
         self.channels, self.heads, self.n_queries = int(channels), int(heads), int(n_queries)
@@ -97,11 +113,13 @@ class QueryDecoder(nn.Module):
         self.w_q = nn.Linear(channels, channels)
         self.w_kv = nn.Linear(channels, 2 * channels)
         self.w_o = nn.Linear(channels, channels)
+        self.z_in = nn.Linear(zdim, channels) if deformation else None    # the direct term W_z z
         self.f_norm = nn.LayerNorm(channels)
-        self.head = FeedForward(channels, 2 * channels, 1)
+        self.head = _mlp(channels, 2 * channels, head_layers)
 
-    def condition(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """Per particle: keys and values of the transformed queries, each ``(B, heads, Q, C / heads)``."""
+    def condition(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per particle: keys and values of the transformed queries, each ``(B, heads, Q, C / heads)``, and the
+        direct term ``W_z z`` ``(B, C)`` (zeros without deformation)."""
         B = z.shape[0]
         if self.deformation:
             mem = self.tokens(z).view(B, self.n_tokens, self.channels) + self.token_pos
@@ -111,28 +129,39 @@ class QueryDecoder(nn.Module):
         for blk in self.blocks:
             q = blk(q, mem)
         kv = self.w_kv(self.q_norm(q)).view(B, self.n_queries, 2, self.heads, -1)
-        return kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
+        direct = self.z_in(z) if self.z_in is not None else z.new_zeros(B, self.channels)
+        return kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2), direct
 
     def _query(self, feats: Tensor) -> Tensor:
         B, N, C = feats.shape
         return self.w_q(feats).view(B, N, self.heads, C // self.heads).transpose(1, 2)   # (B, H, N, d)
 
-    def density(self, feats: Tensor, cond: tuple[Tensor, Tensor]) -> Tensor:
+    def density(self, feats: Tensor, cond: tuple[Tensor, Tensor, Tensor]) -> Tensor:
         """feats: ``(B, N, C)`` spatial features of each particle's points, or ``(1, N, C)`` points shared by
         the B particles of ``cond`` → ``(B, N)`` densities."""
-        k, v = cond
+        k, v, direct = cond
         B, (_, N, C) = k.shape[0], feats.shape
         q = self._query(feats).expand(B, -1, -1, -1)
         att = F.scaled_dot_product_attention(q, k, v)                                     # (B, H, N, d)
-        h = feats + self.w_o(att.transpose(1, 2).reshape(B, N, C))
+        h = feats + self.w_o(att.transpose(1, 2).reshape(B, N, C)) + direct[:, None, :]
         return self.head(self.f_norm(h))[..., 0]
 
-    def attention(self, feats: Tensor, cond: tuple[Tensor, Tensor]) -> Tensor:
+    def attention(self, feats: Tensor, cond: tuple[Tensor, ...]) -> Tensor:
         """Spatial cross-attention weights ``(B, heads, N, Q)`` of each point over the queries (rows sum to 1);
         feats as in :meth:`density`."""
-        k, _ = cond
+        k = cond[0]
         q = self._query(feats).expand(k.shape[0], -1, -1, -1)
         return torch.softmax(q @ k.transpose(-1, -2) / (q.shape[-1] ** 0.5), -1)
+
+
+def _mlp(n_in: int, width: int, layers: int) -> nn.Sequential:
+    """``n_in → width`` (ReLU) ``layers`` times, then ``→ 1``."""
+    dims = [n_in] + [width] * layers
+    mods: list[nn.Module] = []
+    for a, b in zip(dims[:-1], dims[1:]):
+        mods += [nn.Linear(a, b), nn.ReLU()]
+    mods.append(nn.Linear(width, 1))
+    return nn.Sequential(*mods)
 
 
 class MLPDecoder(nn.Module):
@@ -142,12 +171,7 @@ class MLPDecoder(nn.Module):
         super().__init__()
         self.deformation = bool(deformation)
         self.zdim = int(zdim)
-        dims = [channels + (zdim if deformation else 0)] + [width] * layers
-        mods: list[nn.Module] = []
-        for a, b in zip(dims[:-1], dims[1:]):
-            mods += [nn.Linear(a, b), nn.ReLU()]
-        mods.append(nn.Linear(width, 1))
-        self.net = nn.Sequential(*mods)
+        self.net = _mlp(channels + (zdim if deformation else 0), width, layers)
 
     def condition(self, z: Tensor) -> Tensor:
         return z

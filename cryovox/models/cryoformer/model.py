@@ -2,10 +2,20 @@
 
 Per particle (a batch of :class:`cryovox.data.particles.ParticleDataset`):
 
-* the deformation encoder (an MLP on the particle's encoder image — recentred, phase-flipped,
-  whitened, low-passed to ``enc_radius``: :func:`cryovox.models.hetero.encoder.encoder_images`)
-  gives the posterior ``(mu, logvar)`` of the deformation embedding ``z`` (a VAE, as the other
-  models, so that ``analyze`` and ``eval-vol`` read it the same way);
+* the deformation encoder (an MLP) gives the posterior ``(mu, logvar)`` of the deformation
+  embedding ``z`` (a VAE, as the other models, so that ``analyze`` and ``eval-vol`` read it the same
+  way). Its input (``enc_features``) is by default ``"basis"``: the linear-Gaussian posterior of the
+  coefficients of ``feature_basis`` fixed random basis volumes around the consensus map, at the
+  particle's input pose (:meth:`cryovox.models.hetero.model.SFBPModel.basis_features`, computed by a
+  frozen SFBP model that holds the basis; no gradients, nothing learnt). These numbers live in the
+  volume's frame: the pose, CTF and noise are already accounted for, so particles of one state give
+  similar features whatever their orientation. ``"image"`` is the paper's input, the particle's
+  encoder image (recentred, phase-flipped, whitened, low-passed to ``enc_radius``:
+  :func:`cryovox.models.hetero.encoder.encoder_images`), from which an MLP must learn to undo the
+  pose before it can see the state; on the 500-particle hinge benchmark (box 32, SNR 0.1) a
+  cross-validated linear read-out of the true state reaches Spearman ρ −0.04 from the image features
+  and 0.53 from 16 basis features, and with image features the latent collapsed to the prior.
+  ``"both"`` concatenates them;
 * the orientation encoder (:mod:`.poses`) gives a pose ``(R̂, t̂)`` from the same image and the
   input pose. For the first ``pose_pretrain_epochs`` epochs it learns the input poses with the pose
   loss of the paper while images are rendered at the input poses. Afterwards (``refine_poses``) each
@@ -63,6 +73,7 @@ from cryovox.models.cryoformer.decoder import MLPDecoder, QueryDecoder, SpatialF
 from cryovox.models.cryoformer.poses import OrientationEncoder, pose_loss
 from cryovox.models.hetero.encoder import ImageEncoder, encoder_box, encoder_images
 from cryovox.models.hetero.loss import gaussian_nll, kl_standard_normal, pixel_shells
+from cryovox.models.hetero.model import ENC_FEATURES, SFBPModel
 
 DECODERS = ("transformer", "mlp")
 PROJECTIONS = ("field", "voxel")
@@ -85,7 +96,9 @@ class CryoFormerModel(HeteroModel):
     ``C`` (64); n_queries: learnable queries (64); blocks: transformer decoder blocks (3); heads:
     attention heads (4); n_tokens: deformation tokens made from ``z`` (4); levels, level_features,
     log2_table, base_resolution, max_resolution: hash grid (16, 2, 15, 16, default ``D``);
-    enc_width/enc_layers: both encoders' MLPs; enc_radius: highest frequency (px) of the encoder
+    enc_width/enc_layers: both encoders' MLPs; enc_features: the deformation encoder's input,
+    ``"basis"``, ``"image"`` or ``"both"`` (module docstring); feature_basis: number of fixed random
+    basis volumes of the ``"basis"`` features (16); enc_radius: highest frequency (px) of the encoder
     images (default ``D/4``); radius: Fourier radius (px) of the image loss (default ``D/2``);
     support: radius (px) of the ball where the density lives (default ``D/2``); decoder:
     ``"transformer"`` or ``"mlp"`` (ablation); deformation: False drops the deformation encoder
@@ -105,8 +118,8 @@ class CryoFormerModel(HeteroModel):
     def __init__(self, box: int, apix: float, zdim: int = 8, channels: int = 64, n_queries: int = 64,
                  blocks: int = 3, heads: int = 4, n_tokens: int = 4, levels: int = 16, level_features: int = 2,
                  log2_table: int = 15, base_resolution: int = 16, max_resolution: int | None = None,
-                 enc_width: int = 256, enc_layers: int = 3, enc_radius: float | None = None,
-                 radius: float | None = None, support: float | None = None, decoder: str = "transformer",
+                 enc_width: int = 256, enc_layers: int = 3, enc_features: str = "basis", feature_basis: int = 16,
+                 enc_radius: float | None = None, radius: float | None = None, support: float | None = None, decoder: str = "transformer",
                  deformation: bool = True, refine_poses: bool = True, pose_pretrain_epochs: int = 1,
                  search_deg: float = 4.0, search_min_deg: float = 0.5, search_px: float = 1.0,
                  search_levels: int = 2, search_pad: int = 2, pose_prior_deg: float | None = 5.0,
@@ -117,6 +130,10 @@ class CryoFormerModel(HeteroModel):
             raise ValueError("zdim must be >= 1")
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, not {decoder!r}")
+        if enc_features not in ENC_FEATURES:
+            raise ValueError(f"enc_features must be one of {ENC_FEATURES}, not {enc_features!r}")
+        if feature_basis < 1:
+            raise ValueError("feature_basis must be >= 1")
         if projection not in PROJECTIONS:
             raise ValueError(f"projection must be one of {PROJECTIONS}, not {projection!r}")
         if pose_pretrain_epochs < 0:
@@ -134,7 +151,8 @@ class CryoFormerModel(HeteroModel):
                             n_queries=int(n_queries), blocks=int(blocks), heads=int(heads), n_tokens=int(n_tokens),
                             levels=int(levels), level_features=int(level_features), log2_table=int(log2_table),
                             base_resolution=int(base_resolution), max_resolution=max_resolution,
-                            enc_width=int(enc_width), enc_layers=int(enc_layers), enc_radius=self.enc_radius,
+                            enc_width=int(enc_width), enc_layers=int(enc_layers), enc_features=str(enc_features),
+                            feature_basis=int(feature_basis), enc_radius=self.enc_radius,
                             radius=self.radius, support=self.support, decoder=str(decoder),
                             deformation=bool(deformation), refine_poses=bool(refine_poses),
                             pose_pretrain_epochs=int(pose_pretrain_epochs), search_deg=float(search_deg),
@@ -150,7 +168,17 @@ class CryoFormerModel(HeteroModel):
         self.chunk = int(chunk)
         self.projection = projection
         n_in = self.enc_box ** 2
-        self.encoder = ImageEncoder(n_in, zdim, enc_width, enc_layers) if deformation else None
+        self.enc_features = enc_features if deformation else "image"
+        # the frozen SFBP model that holds the fixed random basis of the "basis" features (module docstring);
+        # only its basis, bias (the consensus) and noise model are used
+        self.feature_model = None
+        if deformation and self.enc_features in ("basis", "both"):
+            self.feature_model = SFBPModel(box, apix, zdim=1, n_basis=feature_basis, enc_width=1, enc_layers=1,
+                                           dec_width=1, dec_blocks=0, radius=self.radius)
+            self.feature_model.requires_grad_(False)
+        n_def = (n_in if self.enc_features in ("image", "both") else 0) + \
+            (2 * feature_basis if self.enc_features in ("basis", "both") else 0)
+        self.encoder = ImageEncoder(n_def, zdim, enc_width, enc_layers) if deformation else None
         self.orientation = OrientationEncoder(n_in, box, enc_width, enc_layers) if refine_poses else None
         self.search_deg, self.search_min_deg = float(search_deg), float(search_min_deg)
         self.search_px, self.search_levels, self.search_pad = float(search_px), int(search_levels), int(search_pad)
@@ -324,9 +352,12 @@ class CryoFormerModel(HeteroModel):
                 n_particles: int = 1) -> None:
         """Data statistics (:meth:`set_data_statistics`); with a consensus map, the density scale and the
         field's starting point (:meth:`fit_map`); without one, the density scale from the data power;
-        the per-particle pose estimates for ``n_particles``."""
+        the per-particle pose estimates for ``n_particles``; the basis features' model (its consensus
+        bias, noise spectrum from the residuals of ``batches`` and basis scale, as SFBP prepares them)."""
         self.set_particle_count(n_particles)
         self.set_data_statistics(stats)
+        if self.feature_model is not None:
+            self.feature_model.prepare(stats, consensus, batches, n_particles=n_particles)
         if consensus is not None:
             self.fit_map(consensus)
         else:
@@ -359,11 +390,20 @@ class CryoFormerModel(HeteroModel):
         x = encoder_images(y, batch["ctf"], "phase-flip", self._encoder_filter(y.device, y.real.dtype), self.enc_box)
         return x.reshape(x.shape[0], -1)
 
+    def deformation_features(self, batch: dict[str, Tensor]) -> Tensor:
+        """The deformation encoder's input ``(B, n)`` (``enc_features``, module docstring)."""
+        parts = []
+        if self.enc_features in ("image", "both"):
+            parts.append(self.encoder_features(batch))
+        if self.feature_model is not None:
+            parts.append(self.feature_model.basis_features(batch).to(batch["image"].real.dtype))
+        return torch.cat(parts, 1)
+
     def encode(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         if self.encoder is None:
             zero = batch["image"].real.new_zeros(batch["image"].shape[0], self.zdim)
             return zero, zero
-        return self.encoder(self.encoder_features(batch))
+        return self.encoder(self.deformation_features(batch))
 
     def poses(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """The orientation encoder's poses ``(R̂ (B, 3, 3), t̂ (B, 2) px)`` (the input poses without refinement)."""
@@ -549,6 +589,6 @@ class CryoFormerModel(HeteroModel):
     def param_groups(self, lr: float, basis_lr: float | None = None) -> list[dict[str, Any]]:
         """Hash-grid tables at ``basis_lr`` (default ``lr``; Instant-NGP trains them at 1e-2); the rest at ``lr``."""
         tables = self.spatial.grid.tables
-        nets = [p for p in self.parameters() if p is not tables]
+        nets = [p for p in self.parameters() if p is not tables and p.requires_grad]
         return [{"params": nets, "lr": lr}, {"params": [tables], "lr": basis_lr if basis_lr is not None else lr}]
 
