@@ -19,6 +19,13 @@ Sections (``--sections``, comma-separated):
   SNR and box;
 * ``ablations`` (on the perturbed set, with ``poses``): no deformation encoder, an MLP instead of the
   transformer, no refinement, against the full model;
+* ``decoder``: can the decoder represent the states at all? Each decoder (the transformer and the MLP
+  ablation) is fitted directly to the true state maps with the true state as ``z`` (``z₁ = 2k/(K−1) − 1``,
+  the other components 0; no images, no encoder): from the consensus fit of ``prepare``, ``--decoder-steps``
+  Adam steps on 4 random states × 4096 random voxels each. Reported at steps 0, 300 and the last: mean
+  FSC-AUC of the decoded state maps against their truths, of the two end states, the end-state map 0
+  against the truth of the other end (equal to its own AUC when ``z`` is ignored), and the entropy of the
+  spatial attention over the queries (``ln Q`` when uniform);
 * ``timing``: seconds per particle of one training step (forward, backward, Adam) of the default
   model at ``--timing-boxes`` (random data, ``--timing-batch`` particles per step, both projection
   modes at the first box), peak resident memory of that process, and the implied time per epoch of
@@ -150,6 +157,57 @@ def oracle_search(star: Path, states: np.ndarray, truth: list[np.ndarray], args)
     return rot.numpy()
 
 
+def decoder_fit(truth: list[np.ndarray], args, decoder: str, steps: int, report_at: tuple[int, ...]) -> list[str]:
+    """The ``decoder`` section for one decoder: rows of (step, mean AUC, end-state AUCs, cross AUC, entropy)."""
+    import torch
+
+    from cryovox.core.fsc import fsc, fsc_auc
+    from cryovox.models.cryoformer import CryoFormerModel, render
+
+    torch.manual_seed(args.seed)
+    maps = torch.from_numpy(np.stack(truth)).float()
+    K, box = maps.shape[0], maps.shape[-1]
+    model = CryoFormerModel(box=box, apix=args.apix, zdim=8, decoder=decoder)
+    model.fit_map(maps.mean(0))
+    inside = model.mask.reshape(-1).nonzero().reshape(-1)
+    r = render.grid_coords(box)[inside]
+    scale = float(model.density_scale)
+    target = maps.reshape(K, -1)[:, inside] / scale
+    opt = torch.optim.Adam(model.param_groups(args.lr, 1e-2))
+    g = torch.Generator().manual_seed(args.seed)
+
+    def zs(k):
+        z = torch.zeros(len(k), 8)
+        z[:, 0] = 2 * k.float() / (K - 1) - 1
+        return z
+
+    rows = []
+
+    def report(step):
+        with torch.no_grad():
+            vols = model.decode_volume(zs(torch.arange(K))).double()
+            ent = float("nan")
+            if decoder == "transformer":
+                att = model.decoder.attention(model.features(r[::5])[None], model.condition(zs(torch.tensor([0]))))
+                ent = float(-(att * att.clamp_min(1e-12).log()).sum(-1).mean())
+        aucs = [fsc_auc(fsc(vols[k], torch.from_numpy(truth[k]).double())) for k in range(K)]
+        cross = fsc_auc(fsc(vols[0], torch.from_numpy(truth[-1]).double()))
+        rows.append(f"{decoder:<12s} {step:6d} {np.mean(aucs):8.3f} {aucs[0]:8.3f} {aucs[-1]:8.3f} {cross:10.3f} "
+                    f"{ent:9.3f}")
+
+    report(0)
+    for step in range(1, steps + 1):
+        k = torch.randint(0, K, (4,), generator=g)
+        idx = torch.randint(0, r.shape[0], (4096,), generator=g)
+        loss = ((model.shared_field(r[idx], model.condition(zs(k))) / scale - target[k][:, idx]) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step in report_at or step == steps:
+            report(step)
+    return rows
+
+
 def timing_worker(box: int, batch: int, projection: str, steps: int) -> dict:
     """One process: the default model at ``box``; seconds per particle of a training step, peak RSS (GB)."""
     import resource
@@ -188,7 +246,7 @@ def timing_worker(box: int, batch: int, projection: str, steps: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sections", default="accuracy,poses,ablations,timing")
+    p.add_argument("--sections", default="decoder,accuracy,poses,ablations,timing")
     p.add_argument("--box", type=int, default=32)
     p.add_argument("--apix", type=float, default=None, help="Å/px (default: 128 Å / box)")
     p.add_argument("--particles", type=int, default=800)
@@ -205,6 +263,7 @@ def main() -> None:
     p.add_argument("--pose-prior", type=float, default=5.0, help="cryoformer: pose prior width (°)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--decoder-steps", type=int, default=1000, help="decoder section: Adam steps of the fit")
     p.add_argument("--timing-boxes", default="64,128")
     p.add_argument("--timing-batch", type=int, default=4)
     p.add_argument("--timing-steps", type=int, default=2)
@@ -228,6 +287,20 @@ def main() -> None:
     def show(text: str) -> None:
         print(text, flush=True)
         lines.append(text)
+
+    if "decoder" in sections:
+        from bench_hetero import make_data
+
+        work = args.workdir / f"box{args.box}_n{args.particles}_s{args.states}_snr{args.snr:g}"
+        work.mkdir(parents=True, exist_ok=True)
+        _, _, truth = make_data(work, args)
+        show(f"\ndecoder: fitted to the {args.states} true hinge maps (box {args.box}, {args.apix:g} Å/px) with the true "
+             f"state as z, lr {args.lr:g} (hash tables 1e-2), 4 states × 4096 voxels per step")
+        show(f"{'decoder':<12s} {'step':>6s} {'AUC mean':>8s} {'state 0':>8s} {'state ' + str(args.states - 1):>8s} "
+             f"{'map0/true' + str(args.states - 1):>10s} {'entropy':>9s}")
+        for dec in ("transformer", "mlp"):
+            for line in decoder_fit(truth, args, dec, args.decoder_steps, (300,)):
+                show(line)
 
     if sections & {"accuracy", "poses", "ablations"}:
         from bench_hetero import evaluate, make_data

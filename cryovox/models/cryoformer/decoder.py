@@ -23,9 +23,9 @@ the consensus (per-state FSC-AUC 0.870 at step 0 and at step 1000; maps of the t
 to 3·10⁻⁸), because the 64 queries leave the blocks nearly identical (the cross-attention output over
 four memory tokens is shared by all queries), so the spatial attention is uniform (entropy ln 64)
 and ``z`` reaches a point only as a small constant offset that a one-layer head cannot turn into a
-local change. With both changes the same fit reaches FSC-AUC 0.982 (the MLP ablation: 0.986) and
-the spatial attention becomes selective (entropy 3.6 of 4.16): the queries then carry the local,
-``z``-dependent corrections the attention maps show.
+local change. With both changes the same fit reaches FSC-AUC 0.944 (``bench_cryoformer.py --sections
+decoder``; 0.982 from another initialisation, where the spatial attention also became selective,
+entropy 3.6 of 4.16); the MLP ablation reaches 0.986, and faster (0.919 at step 300 against 0.869).
 
 :class:`MLPDecoder` is the ablation "MLP instead of transformer": ``σ = MLP([f(x), z])``.
 Both decoders split into ``condition(z)`` (once per particle) and ``density(features, cond)``.
