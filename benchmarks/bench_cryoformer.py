@@ -19,6 +19,11 @@ Sections (``--sections``, comma-separated):
   SNR and box;
 * ``ablations`` (on the perturbed set, with ``poses``): no deformation encoder, an MLP instead of the
   transformer, no refinement, against the full model;
+* ``features``: how much of the state the deformation encoder's input carries, before any training: for
+  the image features (``enc_features="image"``, the paper's input) and the basis features (``"basis"``,
+  the default) of a freshly prepared model (consensus, noise spectrum, 16 random basis volumes), |Spearman ρ|
+  of their first principal component against the true state and ρ of a 5-fold cross-validated ridge
+  regression of the state on them (what a linear read-out can reach);
 * ``decoder``: can the decoder represent the states at all? Each decoder (the transformer and the MLP
   ablation) is fitted directly to the true state maps with the true state as ``z`` (``z₁ = 2k/(K−1) − 1``,
   the other components 0; no images, no encoder): from the consensus fit of ``prepare``, ``--decoder-steps``
@@ -157,6 +162,38 @@ def oracle_search(star: Path, states: np.ndarray, truth: list[np.ndarray], args)
     return rot.numpy()
 
 
+def feature_probe(star: Path, states: np.ndarray, args) -> list[str]:
+    """The ``features`` section: rows of (features, dimension, |ρ| of PC1, ρ of the cross-validated ridge fit)."""
+    import torch
+    from scipy.stats import spearmanr
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import cross_val_predict
+
+    from cryovox.data.particles import ParticleDataset
+    from cryovox.io.particles import read_particles
+    from cryovox.models.cryoformer import CryoFormerModel
+    from cryovox.pipelines.train_hetero import _init_subset, prepare_model
+
+    table = read_particles(star)
+    ds = ParticleDataset(table, window=0.85, preload=True)
+    torch.manual_seed(args.seed)
+    model = CryoFormerModel(box=ds.box, apix=ds.apix, zdim=8, enc_features="both")
+    prepare_model(model, ds, table, _init_subset(len(ds), args.seed, 10000), consensus=True, seed=args.seed,
+                  device="cpu")
+    batches = [ds.__getitems__(list(range(s, min(len(ds), s + 64)))) for s in range(0, len(ds), 64)]
+    with torch.no_grad():
+        image = torch.cat([model.encoder_features(b) for b in batches]).numpy()
+        basis = torch.cat([model.feature_model.basis_features(b) for b in batches]).numpy()
+    rows = []
+    for name, F in (("image", image), ("basis", basis)):
+        F = (F - F.mean(0)) / (F.std(0) + 1e-12)
+        pc1 = PCA(n_components=1).fit_transform(F)[:, 0]
+        pred = cross_val_predict(RidgeCV(alphas=np.logspace(-2, 4, 13)), F, states, cv=5)
+        rows.append(f"{name:<8s} {F.shape[1]:5d} {abs(spearmanr(pc1, states)[0]):9.3f} {spearmanr(pred, states)[0]:9.3f}")
+    return rows
+
+
 def decoder_fit(truth: list[np.ndarray], args, decoder: str, steps: int, report_at: tuple[int, ...]) -> list[str]:
     """The ``decoder`` section for one decoder: rows of (step, mean AUC, end-state AUCs, cross AUC, entropy)."""
     import torch
@@ -246,7 +283,7 @@ def timing_worker(box: int, batch: int, projection: str, steps: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sections", default="decoder,accuracy,poses,ablations,timing")
+    p.add_argument("--sections", default="features,decoder,accuracy,poses,ablations,timing")
     p.add_argument("--box", type=int, default=32)
     p.add_argument("--apix", type=float, default=None, help="Å/px (default: 128 Å / box)")
     p.add_argument("--particles", type=int, default=800)
@@ -287,6 +324,18 @@ def main() -> None:
     def show(text: str) -> None:
         print(text, flush=True)
         lines.append(text)
+
+    if "features" in sections:
+        from bench_hetero import make_data
+
+        work = args.workdir / f"box{args.box}_n{args.particles}_s{args.states}_snr{args.snr:g}"
+        work.mkdir(parents=True, exist_ok=True)
+        star, states, _ = make_data(work, args)
+        show(f"\nfeatures: the deformation encoder's input on {args.particles} particles ({args.states} hinge states, box "
+             f"{args.box}, SNR {args.snr:g}) before training; state read-out")
+        show(f"{'features':<8s} {'dim':>5s} {'|rho| PC1':>9s} {'rho ridge':>9s}")
+        for line in feature_probe(star, states, args):
+            show(line)
 
     if "decoder" in sections:
         from bench_hetero import make_data

@@ -72,6 +72,8 @@ def train_hetero_command(
                                    "on the grid, project by trilinear sampling; faster) or field (evaluate the "
                                    "network at every rotated point)."),
     queries: int = typer.Option(64, "--queries", help="cryoformer: learnable queries of the transformer."),
+    z_warmup_epochs: int = typer.Option(3, "--z-warmup-epochs", help="cryoformer: epochs that decode the encoder's "
+                                        "posterior mean (an autoencoder) before z is sampled (a VAE)."),
     device: str = device_option(),
     force: bool = force_option(),
 ) -> None:
@@ -99,6 +101,8 @@ def train_hetero_command(
             raise InputError(f"--projection {projection}: expected voxel or field")
         if queries < 1:
             raise InputError(f"--queries {queries}: at least one query is needed")
+        if z_warmup_epochs < 0:
+            raise InputError(f"--z-warmup-epochs {z_warmup_epochs}: must be >= 0")
         if pose_prior_deg < 0:
             raise InputError(f"--pose-prior-deg {pose_prior_deg:g}: must be >= 0 (0: no prior)")
         if not pose_search_deg > 0:
@@ -109,7 +113,7 @@ def train_hetero_command(
                              pose_pretrain_epochs=pose_pretrain_epochs, deformation=not no_deformation,
                              decoder="mlp" if mlp_decoder else "transformer", projection=projection,
                              n_queries=queries, pose_prior_deg=pose_prior_deg if pose_prior_deg > 0 else None,
-                             search_deg=pose_search_deg)
+                             search_deg=pose_search_deg, z_warmup_epochs=z_warmup_epochs)
     else:
         model_options = dict(n_basis=n_basis, basis_lr=basis_lr, enc_width=enc_width, enc_layers=enc_layers,
                              dec_width=dec_width, dec_blocks=dec_blocks, encoder_input=encoder_input, radius=radius,

@@ -375,3 +375,28 @@ def test_basis_features_are_the_sfbp_posterior_of_a_fixed_basis():
     assert image.feature_model is None and image.deformation_features(batch).shape == (4, image.enc_box ** 2)
     with pytest.raises(ValueError):
         CryoFormerModel(box=box, apix=2.5, zdim=2, enc_features="pixels", **TINY)
+
+
+def test_z_warmup_decodes_the_posterior_mean_first():
+    """During the first z_warmup_epochs the loss does not depend on the reparameterisation noise (z = mu);
+    afterwards it does; in eval mode it never does."""
+    torch.manual_seed(7)
+    box = 12
+    model = CryoFormerModel(box=box, apix=2.5, zdim=2, z_warmup_epochs=2, refine_poses=False, **TINY)
+    g = torch.Generator().manual_seed(0)
+    batch = {"image": rfftn_c(torch.randn(3, box, box, generator=g), 2), "ctf": torch.ones(3, box, box // 2 + 1),
+             "rot": random_rotations(3, generator=g, dtype=torch.float32), "shift": torch.zeros(3, 2),
+             "index": torch.arange(3)}
+
+    def nll(epoch, seed):
+        model.start_epoch(epoch)
+        with torch.no_grad():
+            return model.loss(batch, generator=torch.Generator().manual_seed(seed)).nll
+
+    model.train()
+    assert torch.equal(nll(1, 0), nll(1, 1))
+    assert not torch.equal(nll(2, 0), nll(2, 1))
+    model.eval()
+    assert torch.equal(nll(2, 0), nll(2, 1))
+    with pytest.raises(ValueError):
+        CryoFormerModel(box=box, apix=2.5, zdim=2, z_warmup_epochs=-1, **TINY)

@@ -110,7 +110,13 @@ class CryoFormerModel(HeteroModel):
     (:mod:`.render`); chunk: (particle × point) evaluations per rendering chunk (the memory bound; a
     batch that fits in one chunk runs without activation checkpointing: at 2^20 a step of 4 particles of
     box 64 does, 1.6 → 1.1 s per particle on one CPU thread for 1.1 → 1.9 GB peak, against 2^18);
-    init_steps / init_points: consensus fit in :meth:`prepare`.
+    init_steps / init_points: consensus fit in :meth:`prepare`; z_warmup_epochs: the first epochs decode the
+    encoder's posterior mean ``z = mu`` (a deterministic autoencoder; the KL term still acts on ``mu``)
+    instead of a sample. This decoder needs hundreds of steps before it uses ``z`` at all; sampled from
+    the start, ``z`` is mostly noise (posterior σ ≈ 1 against means spread by ~0.05) and the decoder learns
+    to ignore it. On the 500-particle hinge set at SNR 1 (12 epochs, batch 8, no refinement) |ρ| of PC1
+    against the state reached 0.80 with 3 warm-up epochs (mean per-state FSC-AUC 0.862) against 0.37
+    (0.829) without; SFBP on the same particles 0.78 (0.869).
     """
 
     kind = "cryoformer"
@@ -124,7 +130,8 @@ class CryoFormerModel(HeteroModel):
                  search_deg: float = 4.0, search_min_deg: float = 0.5, search_px: float = 1.0,
                  search_levels: int = 2, search_pad: int = 2, pose_prior_deg: float | None = 5.0,
                  pose_prior_px: float = 1.0, n_particles: int = 0,
-                 projection: str = "voxel", chunk: int = 1 << 20, init_steps: int = 200, init_points: int = 8192):
+                 projection: str = "voxel", chunk: int = 1 << 20, init_steps: int = 200, init_points: int = 8192,
+                 z_warmup_epochs: int = 3):
         super().__init__()
         if zdim < 1:
             raise ValueError("zdim must be >= 1")
@@ -138,6 +145,8 @@ class CryoFormerModel(HeteroModel):
             raise ValueError(f"projection must be one of {PROJECTIONS}, not {projection!r}")
         if pose_pretrain_epochs < 0:
             raise ValueError("pose_pretrain_epochs must be >= 0")
+        if z_warmup_epochs < 0:
+            raise ValueError("z_warmup_epochs must be >= 0")
         if not (search_deg > 0 and search_min_deg > 0 and search_px >= 0 and search_levels >= 1 and search_pad >= 1):
             raise ValueError("search_deg and search_min_deg must be > 0, search_px >= 0, search_levels and "
                              "search_pad >= 1")
@@ -162,10 +171,12 @@ class CryoFormerModel(HeteroModel):
                             pose_prior_deg=None if pose_prior_deg is None else float(pose_prior_deg),
                             pose_prior_px=float(pose_prior_px),
                             chunk=int(chunk),
-                            init_steps=int(init_steps), init_points=int(init_points))
+                            init_steps=int(init_steps), init_points=int(init_points),
+                            z_warmup_epochs=int(z_warmup_epochs))
         self.deformation, self.refine_poses = bool(deformation), bool(refine_poses)
         self.pose_pretrain_epochs = int(pose_pretrain_epochs)
         self.chunk = int(chunk)
+        self.z_warmup_epochs = int(z_warmup_epochs)
         self.projection = projection
         n_in = self.enc_box ** 2
         self.enc_features = enc_features if deformation else "image"
@@ -496,7 +507,7 @@ class CryoFormerModel(HeteroModel):
         generator: CPU generator for the reparameterisation noise (exact resumption).
         """
         mu, logvar = self.encode(batch)
-        if self.training and self.encoder is not None:
+        if self.training and self.encoder is not None and self.epoch >= self.z_warmup_epochs:
             eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype).to(mu.device)
             z = mu + eps * torch.exp(0.5 * logvar)
         else:
