@@ -93,7 +93,7 @@ def train(name: str, star: Path, work: Path, args, model: str, **options) -> dic
     from cryovox.pipelines.train_hetero import train_hetero
 
     out = work / name
-    kw = dict(zdim=8, epochs=args.epochs, batch_size=args.batch_size, device="cpu", seed=args.seed, force=True)
+    kw = dict(zdim=8, epochs=args.epochs, batch_size=args.batch_size, device=args.device, seed=args.seed, force=True)
     if model == "cryoformer":
         kw["lr"] = args.lr
         options.setdefault("search_deg", args.search_deg)
@@ -300,6 +300,7 @@ def main() -> None:
     p.add_argument("--pose-prior", type=float, default=5.0, help="cryoformer: pose prior width (°)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="device of the trainings (accuracy/poses/ablations): cpu, cuda, cuda:N")
     p.add_argument("--decoder-steps", type=int, default=1000, help="decoder section: Adam steps of the fit")
     p.add_argument("--timing-boxes", default="64,128")
     p.add_argument("--timing-batch", type=int, default=4)
