@@ -326,12 +326,14 @@ def main() -> None:
         print(text, flush=True)
         lines.append(text)
 
-    if "features" in sections:
+    work = args.workdir / f"box{args.box}_n{args.particles}_s{args.states}_snr{args.snr:g}"
+    if sections & {"features", "decoder", "accuracy", "poses", "ablations"}:
         from bench_hetero import make_data
 
-        work = args.workdir / f"box{args.box}_n{args.particles}_s{args.states}_snr{args.snr:g}"
         work.mkdir(parents=True, exist_ok=True)
-        star, states, _ = make_data(work, args)
+        star, states, truth = make_data(work, args)         # simulated once, reused by every section
+
+    if "features" in sections:
         show(f"\nfeatures: the deformation encoder's input on {args.particles} particles ({args.states} hinge states, box "
              f"{args.box}, SNR {args.snr:g}) before training; state read-out")
         show(f"{'features':<8s} {'dim':>5s} {'|rho| PC1':>9s} {'rho ridge':>9s}")
@@ -339,11 +341,6 @@ def main() -> None:
             show(line)
 
     if "decoder" in sections:
-        from bench_hetero import make_data
-
-        work = args.workdir / f"box{args.box}_n{args.particles}_s{args.states}_snr{args.snr:g}"
-        work.mkdir(parents=True, exist_ok=True)
-        _, _, truth = make_data(work, args)
         show(f"\ndecoder: fitted to the {args.states} true hinge maps (box {args.box}, {args.apix:g} Å/px) with the true "
              f"state as z, lr {args.lr:g} (hash tables 1e-2), 4 states × 4096 voxels per step")
         show(f"{'decoder':<12s} {'step':>6s} {'AUC mean':>8s} {'state 0':>8s} {'state ' + str(args.states - 1):>8s} "
@@ -353,11 +350,8 @@ def main() -> None:
                 show(line)
 
     if sections & {"accuracy", "poses", "ablations"}:
-        from bench_hetero import evaluate, make_data
+        from bench_hetero import evaluate
 
-        work = args.workdir / f"box{args.box}_n{args.particles}_s{args.states}_snr{args.snr:g}"
-        work.mkdir(parents=True, exist_ok=True)
-        star, states, truth = make_data(work, args)
         gt = np.load(work / "sim" / "ground_truth.npz")
         show(f"data: {args.particles} particles, {args.states} hinge states (0–{args.angle:g}°, 1A28 chain B), box "
              f"{args.box}, {args.apix:g} Å/px, SNR {args.snr:g}, CTF, shifts ±{args.shift:g} px; {args.epochs} epochs, "
