@@ -7,8 +7,9 @@ shifts, white noise at ``--snr``), at a scale for a 2-core CPU (defaults: box 32
 Sections (``--sections``, comma-separated):
 
 * ``accuracy``: SFBP and CryoFormer (input poses, no refinement: both models use the given poses)
-  on the clean poses: |Spearman ρ| of PC1 of z against the true state, FSC-AUC per state of the map
-  decoded at the mean z of the state's particles against its true map, seconds per epoch;
+  on the clean poses, and with ``--cryodrgn`` cryoDRGN's ``train_vae`` (as ``bench_hetero.py`` runs it):
+  |Spearman ρ| of PC1 of z against the true state, FSC-AUC per state of the map decoded at the mean z
+  of the state's particles against its true map, seconds per epoch;
 * ``poses``: the input rotations perturbed by a random rotation per particle (rotation vector
   with isotropic Gaussian components, mean angle ``--perturb`` degrees; shifts kept): CryoFormer with
   pose refinement (the default) and without; mean rotation error against the simulator's true poses
@@ -299,6 +300,8 @@ def main() -> None:
     p.add_argument("--pose-pretrain-epochs", type=int, default=3, help="cryoformer: epochs before refinement")
     p.add_argument("--pose-prior", type=float, default=5.0, help="cryoformer: pose prior width (°)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cryodrgn", action="store_true",
+                   help="accuracy section: also run cryoDRGN's train_vae (needs bash benchmarks/cryodrgn_env.sh)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="device of the trainings (accuracy/poses/ablations): cpu, cuda, cuda:N")
     p.add_argument("--decoder-steps", type=int, default=1000, help="decoder section: Adam steps of the fit")
@@ -374,6 +377,14 @@ def main() -> None:
             row("sfbp", sf)
             cf = train("cryoformer_clean", star, work, args, "cryoformer", refine_poses=False)
             row("cryoformer (no refinement)", cf)
+            if args.cryodrgn:
+                from bench_hetero import _sign_aligned, run_cryodrgn
+
+                args.reuse_cryodrgn = False
+                cd = run_cryodrgn(star, work, args)
+                aligned = _sign_aligned(cd["decode"], truth)
+                row("cryoDRGN 4.3.1 (train_vae)", {"z": cd["z"], "decode": aligned,
+                                                   "seconds_per_epoch": float(np.median(cd["epoch_times"]))})
         if sections & {"poses", "ablations"}:
             pstar = perturbed_star(star, work / f"perturbed{args.perturb:g}.star", args.perturb, args.seed + 1)
             from cryovox.io.particles import read_particles

@@ -398,5 +398,38 @@ def test_z_warmup_decodes_the_posterior_mean_first():
     assert not torch.equal(nll(2, 0), nll(2, 1))
     model.eval()
     assert torch.equal(nll(2, 0), nll(2, 1))
+    # the noise comes in gradually: 0 during the warm-up, then 1/3, 2/3, 1 (w = 2)
+    scales = []
+    for epoch in range(6):
+        model.start_epoch(epoch)
+        scales.append(model.z_noise_scale())
+    assert scales == pytest.approx([0, 0, 1 / 3, 2 / 3, 1, 1])
+    assert CryoFormerModel(box=box, apix=2.5, zdim=2, z_warmup_epochs=0, refine_poses=False, **TINY).z_noise_scale() == 1
     with pytest.raises(ValueError):
         CryoFormerModel(box=box, apix=2.5, zdim=2, z_warmup_epochs=-1, **TINY)
+
+
+def test_pose_search_uses_the_posterior_mean_map():
+    """After the warm-up z is sampled for the image loss, but each particle's pose is searched in its map at
+    z = mu: the searched poses do not depend on the reparameterisation noise."""
+    torch.manual_seed(3)
+    box = 12
+    model = CryoFormerModel(box=box, apix=2.5, zdim=2, z_warmup_epochs=1, pose_pretrain_epochs=0, **TINY)
+    model.set_particle_count(4)
+    g = torch.Generator().manual_seed(0)
+    batch = {"image": rfftn_c(torch.randn(4, box, box, generator=g), 2), "ctf": torch.ones(4, box, box // 2 + 1),
+             "rot": random_rotations(4, generator=g, dtype=torch.float32), "shift": torch.zeros(4, 2),
+             "index": torch.arange(4)}
+    with torch.no_grad():                       # make the decoder depend on z strongly
+        for p in model.decoder.parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=g))
+    model.train()
+    model.start_epoch(3)
+    assert model.z_noise_scale() == 1 and model.refining
+    out = []
+    for seed in (0, 1):
+        model.set_particle_count(0)             # both searches start from the input poses
+        model.set_particle_count(4)
+        out.append(model.loss(batch, generator=torch.Generator().manual_seed(seed)))
+    assert not torch.equal(out[0].nll, out[1].nll)          # z was sampled
+    assert torch.equal(out[0].rot, out[1].rot) and torch.equal(out[0].shift, out[1].shift)

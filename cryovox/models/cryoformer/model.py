@@ -23,8 +23,9 @@ Per particle (a batch of :class:`cryovox.data.particles.ParticleDataset`):
   once on the voxel grid, is projected (Fourier slices, :func:`cryovox.core.slicing.project_volume`)
   at a local SO(3) grid around the particle's current pose estimate (:func:`cryovox.core.so3.local_grid`,
   27 rotations at step ``s``) and at the orientation encoder's pose, each combined with the in-plane
-  shifts ``t + s_t·{−1, 0, 1}²``; the candidate with the lowest image loss (no gradients) wins, and
-  ``search_levels`` such levels run per batch, each at half the previous step. The step shrinks over
+  shifts ``t + s_t·{−1, 0, 1}²``; the candidate with the lowest image loss (no gradients) wins (the
+  map searched is the one at the posterior mean ``z = mu``, also once the loss decodes a sample of
+  ``z``: a sample's map is a noisier estimate of the particle's state), and ``search_levels`` such levels run per batch, each at half the previous step. The step shrinks over
   the refining epochs, coarse to fine as RELION's local searches: ``s = max(search_deg / 2^k,
   search_min_deg)`` in the ``k``-th refining epoch (``s_t = search_px · min(1, s / search_deg)``). The winner is kept per
   particle (buffers ``pose_delta`` and ``pose_dshift``, saved in checkpoints: the next epoch's search
@@ -111,8 +112,9 @@ class CryoFormerModel(HeteroModel):
     batch that fits in one chunk runs without activation checkpointing: at 2^20 a step of 4 particles of
     box 64 does, 1.6 → 1.1 s per particle on one CPU thread for 1.1 → 1.9 GB peak, against 2^18);
     init_steps / init_points: consensus fit in :meth:`prepare`; z_warmup_epochs: the first epochs decode the
-    encoder's posterior mean ``z = mu`` (a deterministic autoencoder; the KL term still acts on ``mu``)
-    instead of a sample. This decoder needs hundreds of steps before it uses ``z`` at all; sampled from
+    encoder's posterior mean ``z = mu`` without the KL term (a plain autoencoder) instead of a sample; over
+    as many epochs again the reparameterisation noise and the KL weight rise linearly to their full values
+    (:meth:`z_noise_scale`). This decoder needs hundreds of steps before it uses ``z`` at all; sampled from
     the start, ``z`` is mostly noise (posterior σ ≈ 1 against means spread by ~0.05) and the decoder learns
     to ignore it. On the 500-particle hinge set at SNR 1 (12 epochs, batch 8, no refinement) |ρ| of PC1
     against the state reached 0.80 with 3 warm-up epochs (mean per-state FSC-AUC 0.862) against 0.37
@@ -252,6 +254,14 @@ class CryoFormerModel(HeteroModel):
         k = max(0, self.epoch - self.pose_pretrain_epochs)
         step = max(self.search_deg * 0.5 ** k, self.search_min_deg)
         return step, self.search_px * min(1.0, step / self.search_deg)
+
+    def z_noise_scale(self) -> float:
+        """This epoch's factor on the reparameterisation noise of ``z``: 0 for the first ``z_warmup_epochs``
+        (``z = mu``), then rising linearly to 1 over as many epochs again (``z = mu + f·σ·ε``; no warm-up: 1)."""
+        w = self.z_warmup_epochs
+        if w == 0:
+            return 1.0
+        return min(1.0, max(0.0, (self.epoch - w + 1) / (w + 1)))
 
     @property
     def refining(self) -> bool:
@@ -508,9 +518,10 @@ class CryoFormerModel(HeteroModel):
         generator: CPU generator for the reparameterisation noise (exact resumption).
         """
         mu, logvar = self.encode(batch)
-        if self.training and self.encoder is not None and self.epoch >= self.z_warmup_epochs:
+        noise = self.z_noise_scale() if self.training and self.encoder is not None else 0.0
+        if noise > 0:
             eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype).to(mu.device)
-            z = mu + eps * torch.exp(0.5 * logvar)
+            z = mu + noise * eps * torch.exp(0.5 * logvar)
         else:
             z = mu
         y, ctf, rot_in, t_in = batch["image"], batch["ctf"], batch["rot"], batch["shift"]
@@ -521,11 +532,11 @@ class CryoFormerModel(HeteroModel):
         if self.orientation is not None:
             R_hat, t_hat = self.poses(batch)
             if self.refining:                       # local search around the current estimates (module docstring)
-                if vols is None:
-                    with torch.no_grad():
-                        search_vols = self.volumes(cond)
-                else:
+                if vols is not None and z is mu:
                     search_vols = vols.detach()
+                else:                               # each particle's map at its posterior mean, not at a sample
+                    with torch.no_grad():
+                        search_vols = self.volumes(self.condition(mu))
                 rot0, t0 = self.current_poses(batch)
                 step, step_px = self.search_steps()
                 rot, shift, _ = self.local_search(search_vols, batch, rot0, t0, step, step_px, self.search_levels,
@@ -548,6 +559,8 @@ class CryoFormerModel(HeteroModel):
             pred = pred * phase_ramp_2d((t_in.to(torch.float64) - shift).to(pred.real.dtype), self.box, half=True)
         nll = gaussian_nll(pred, y, self._inv_var(y.device, y.real.dtype))
         kl = kl_standard_normal(mu, logvar)
+        if self.training and self.encoder is not None:
+            beta = beta * noise                     # the warm-up is a plain autoencoder (z_noise_scale)
         total = (nll + beta * kl).mean() + extra
         return CryoFormerLoss(total=total, nll=nll, kl=kl, mu=mu, logvar=logvar,
                               rot=None if shift is None else rot.detach(),
