@@ -102,16 +102,50 @@ def train(name: str, star: Path, work: Path, args, model: str, **options) -> dic
         options.setdefault("pose_prior_deg", args.pose_prior)
     else:
         kw["batch_size"] = 64                      # the SFBP defaults of the command line (batch 64, lr 1e-3)
-    t0 = time.perf_counter()
-    res = train_hetero(star, out, model=model, model_options=options, **kw)
-    total = time.perf_counter() - t0
+    reused = finished_run(out, star, args.epochs, model, options, kw) if args.reuse else None
+    if reused is None:
+        t0 = time.perf_counter()
+        res = train_hetero(star, out, model=model, model_options=options, **kw)
+        total = time.perf_counter() - t0
+        seconds, losses = res.seconds, res.losses
+    else:
+        seconds, losses = reused
+        total = float(np.sum(seconds))
+        print(f"  {name}: reusing the finished run in {out}", flush=True)
     run = load_run(out)
     last = out / f"particles.{args.epochs}.star"
     rot = read_particles(last).rotations if last.exists() else None
-    print(f"  {name}: {np.mean(res.seconds):.1f} s/epoch, loss {res.losses[0]:.5g} → {res.losses[-1]:.5g}, "
+    print(f"  {name}: {np.mean(seconds):.1f} s/epoch, loss {losses[0]:.5g} → {losses[-1]:.5g}, "
           f"{total:.0f} s in all", flush=True)
-    return {"z": run.z, "decode": lambda zs, m=run.model: decode(m, zs), "seconds_per_epoch": float(np.mean(res.seconds)),
-            "rot": rot, "losses": res.losses}
+    return {"z": run.z, "decode": lambda zs, m=run.model: decode(m, zs), "seconds_per_epoch": float(np.mean(seconds)),
+            "rot": rot, "losses": losses}
+
+
+def finished_run(out: Path, star: Path, epochs: int, model: str, options: dict, kw: dict) -> tuple[list, list] | None:
+    """``--reuse``: the per-epoch seconds and losses of a finished run in ``out`` made with these settings
+    (particles, model kind, options, epochs, batch size, seed, lr), read from its checkpoints; None when
+    there is none.
+    A run made with other settings is an error (it would be reported as this one)."""
+    import torch
+
+    paths = [out / f"weights.{e}.pt" for e in range(1, epochs + 1)]
+    if not all(p.exists() for p in paths) or (out / f"weights.{epochs + 1}.pt").exists():
+        return None
+    states = [torch.load(p, map_location="cpu", weights_only=True) for p in paths]
+    cfg, info = states[-1]["config"], states[-1].get("train", {})
+    wanted = {**options, "zdim": kw["zdim"]}
+    if options.get("refine_poses") is False:      # the pose search's settings do not act without refinement
+        for k in ("pose_pretrain_epochs", "search_deg", "pose_prior_deg", "search_mean"):
+            wanted.pop(k, None)
+    bad = {k: (cfg.get(k), v) for k, v in wanted.items() if k in cfg and cfg[k] != v}
+    for k in ("batch_size", "seed", "lr"):
+        if k in info and k in kw and info[k] != kw[k]:
+            bad[k] = (info[k], kw[k])
+    if Path(info.get("particles", star)).resolve() != Path(star).resolve():
+        bad["particles"] = (info.get("particles"), str(star))
+    if states[-1].get("kind", model) != model or bad:
+        raise SystemExit(f"--reuse: {out} was trained with other settings ({bad or 'model kind'}); remove it")
+    return [float(s["seconds"]) for s in states], [float(s["loss"][0]) for s in states]
 
 
 def oracle_search(star: Path, states: np.ndarray, truth: list[np.ndarray], args) -> np.ndarray:
@@ -161,6 +195,65 @@ def oracle_search(star: Path, states: np.ndarray, truth: list[np.ndarray], args)
     rot, _ = model.current_poses({"index": torch.arange(len(ds)), "rot": torch.from_numpy(table.rotations),
                                   "shift": torch.from_numpy(table.shifts_px)})
     return rot.numpy()
+
+
+def classical_refinement(star: Path, states: np.ndarray | None, args, work: Path) -> list[float]:
+    """Iterative refinement without a learnt model, as a reference for the cryoformer's: reconstruct
+    (``cryovox reconstruct``) from the current poses, run the cryoformer's local search (the training schedule's
+    steps, rotation prior around the input rotations) of every particle in that map, repeat. ``states`` None: one consensus
+    map for all particles; else one map per true state (reconstructed from that state's particles only:
+    what a model that resolves the states perfectly could search in). Returns the mean rotation error against
+    the true poses before and after each round."""
+    import torch
+
+    from cryovox.data.particles import ParticleDataset
+    from cryovox.io.particles import read_particles, write_star
+    from cryovox.models.cryoformer import CryoFormerModel
+    from cryovox.models.hetero.loss import data_spectra
+    from cryovox.pipelines.reconstruct import reconstruct
+
+    gt = np.load(work / "sim" / "ground_truth.npz")
+    t0 = read_particles(star)
+    apix = float(t0.apix[0])
+    rot, shift = t0.rotations.copy(), t0.shifts_px.copy()
+    errors = [rotation_error(rot, gt["rotations"])]
+    model = None
+    steps = [max(args.search_deg * 0.5 ** k, 0.5) for k in range(args.epochs - args.pose_pretrain_epochs)]
+    for k, step in enumerate(steps):
+        table = t0.with_poses(rot, shift * apix)
+        cur = work / "classical" / f"round{k}.star"
+        cur.parent.mkdir(parents=True, exist_ok=True)
+        write_star(cur, table)
+        if states is None:
+            maps, which = [torch.from_numpy(reconstruct(cur).full).float()], np.zeros(len(table), dtype=int)
+        else:
+            maps, which = [], states
+            for s in range(int(states.max()) + 1):
+                part = cur.with_name(f"round{k}_state{s}.star")
+                write_star(part, table.take(np.nonzero(states == s)[0]))
+                maps.append(torch.from_numpy(reconstruct(part).full).float())
+        ds = ParticleDataset(read_particles(cur), window=0.85, preload=True)
+        batches = [ds.__getitems__(list(range(i, min(len(ds), i + 64)))) for i in range(0, len(ds), 64)]
+        if model is None:
+            model = CryoFormerModel(box=ds.box, apix=ds.apix, zdim=2, channels=8, n_queries=4, blocks=1, heads=2,
+                                    n_tokens=2, levels=2, log2_table=8, enc_width=16, enc_layers=1, init_steps=0,
+                                    pose_prior_deg=args.pose_prior if args.pose_prior > 0 else None)
+            model.set_data_statistics(data_spectra(batches, ds.box, model.radius))
+        new_rot, new_shift = [], []
+        for b in batches:
+            idx = b["index"].numpy()
+            # the images are centred by the current shifts (the search's t_in); the rotation prior is around the
+            # input rotations
+            prior = dict(b, rot=torch.from_numpy(t0.rotations[idx]).float())
+            vols = torch.stack([maps[int(which[i])] for i in idx])
+            r, t, _ = model.local_search(vols, prior, b["rot"].double(), b["shift"].double(), step,
+                                         model.search_px * min(1.0, step / args.search_deg), model.search_levels,
+                                         soft=model.search_mean)
+            new_rot.append(r.numpy())
+            new_shift.append(t.numpy())
+        rot, shift = np.concatenate(new_rot), np.concatenate(new_shift)
+        errors.append(rotation_error(rot, gt["rotations"]))
+    return errors
 
 
 def feature_probe(star: Path, states: np.ndarray, args) -> list[str]:
@@ -297,7 +390,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=2e-3, help="cryoformer networks' learning rate")
     p.add_argument("--search-deg", type=float, default=4.0, help="cryoformer: first refining epoch's search step (°)")
     p.add_argument("--perturb", type=float, default=5.0, help="mean rotation error added to the input poses (°)")
-    p.add_argument("--pose-pretrain-epochs", type=int, default=3, help="cryoformer: epochs before refinement")
+    p.add_argument("--pose-pretrain-epochs", type=int, default=6, help="cryoformer: epochs before refinement")
     p.add_argument("--pose-prior", type=float, default=5.0, help="cryoformer: pose prior width (°)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cryodrgn", action="store_true",
@@ -312,6 +405,8 @@ def main() -> None:
     p.add_argument("--model", type=Path, default=SHARED / "models" / "1a28.pdb.gz")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/cryovox_bench_cryoformer"))
     p.add_argument("--record", action="store_true")
+    p.add_argument("--reuse", action="store_true",
+                   help="report finished runs found in the work directory (same settings) instead of training again")
     p.add_argument("--timing-worker", nargs=3, metavar=("BOX", "BATCH", "PROJECTION"), help=argparse.SUPPRESS)
     args = p.parse_args()
     import torch
@@ -395,6 +490,10 @@ def main() -> None:
             oracle = oracle_search(pstar, states, truth, args)
             show(f"oracle: the local search (same steps, prior {args.pose_prior:g}°) in the true map of each particle's "
                  f"state: mean rotation error {before:.2f}° → {rotation_error(oracle, gt['rotations']):.2f}°")
+            for label, st in (("one consensus map", None), ("one map per true state", states)):
+                errs = classical_refinement(pstar, st, args, work)
+                show(f"classical refinement in {label} (reconstruct → local search, {len(errs) - 1} rounds): mean "
+                     f"rotation error {' → '.join(f'{e:.2f}' for e in errs)}°")
             show(header)
             full = train("cryoformer_perturbed", pstar, work, args, "cryoformer")
             row("cryoformer (full, refinement)", full, rotation_error(full["rot"], gt["rotations"]))

@@ -59,11 +59,18 @@ def train_hetero_command(
     pose_search_deg: float = typer.Option(4.0, "--pose-search-deg", help="cryoformer: rotation step (degrees) of "
                                           "the first refining epoch's local search (about the expected pose "
                                           "error); halved each refining epoch."),
-    pose_pretrain_epochs: int = typer.Option(1, "--pose-pretrain-epochs", help="cryoformer: epochs that train the "
-                                             "orientation encoder on the input poses before it refines them."),
+    pose_pretrain_epochs: int = typer.Option(6, "--pose-pretrain-epochs", help="cryoformer: epochs that train the "
+                                             "orientation encoder on the input poses before the poses are "
+                                             "refined (default: after the z warm-up and its ramp, when each "
+                                             "particle's map resolves its state; a pose searched in a map of "
+                                             "the wrong state is biased towards it)."),
     pose_prior_deg: float = typer.Option(5.0, "--pose-prior-deg", help="cryoformer: width (degrees) of the "
                                          "Gaussian prior that keeps refined rotations near the input ones "
                                          "(0: no prior)."),
+    pose_search_move: str = typer.Option("mean", "--pose-search-move", help="cryoformer: where each search "
+                                         "level moves a pose: mean (the candidates' posterior mean, the noise "
+                                         "level estimated from the particle's residual) or best (the best "
+                                         "candidate)."),
     no_deformation: bool = typer.Option(False, "--no-deformation", help="cryoformer ablation: no deformation "
                                         "encoder (one volume for all particles)."),
     mlp_decoder: bool = typer.Option(False, "--mlp-decoder", help="cryoformer ablation: an MLP on (features, z) "
@@ -105,6 +112,8 @@ def train_hetero_command(
             raise InputError(f"--z-warmup-epochs {z_warmup_epochs}: must be >= 0")
         if pose_prior_deg < 0:
             raise InputError(f"--pose-prior-deg {pose_prior_deg:g}: must be >= 0 (0: no prior)")
+        if pose_search_move not in ("mean", "best"):
+            raise InputError(f"--pose-search-move {pose_search_move}: expected mean or best")
         if not pose_search_deg > 0:
             raise InputError(f"--pose-search-deg {pose_search_deg:g}: must be > 0")
         model_options = dict(basis_lr=basis_lr, enc_width=enc_width, enc_layers=enc_layers, radius=radius,
@@ -113,7 +122,8 @@ def train_hetero_command(
                              pose_pretrain_epochs=pose_pretrain_epochs, deformation=not no_deformation,
                              decoder="mlp" if mlp_decoder else "transformer", projection=projection,
                              n_queries=queries, pose_prior_deg=pose_prior_deg if pose_prior_deg > 0 else None,
-                             search_deg=pose_search_deg, z_warmup_epochs=z_warmup_epochs)
+                             search_deg=pose_search_deg, z_warmup_epochs=z_warmup_epochs,
+                             search_mean=pose_search_move == "mean")
     else:
         model_options = dict(n_basis=n_basis, basis_lr=basis_lr, enc_width=enc_width, enc_layers=enc_layers,
                              dec_width=dec_width, dec_blocks=dec_blocks, encoder_input=encoder_input, radius=radius,

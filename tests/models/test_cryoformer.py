@@ -260,10 +260,12 @@ def _search_problem(n: int, box: int, turn_deg: float, true_shift: torch.Tensor,
     return batch, true, data_spectra([batch], box, box / 2)
 
 
-def test_local_search_recovers_perturbed_poses():
+@pytest.mark.parametrize("soft", [False, True])
+def test_local_search_recovers_perturbed_poses(soft):
     """The search in a known map (the blobs, as a decoded map would be) from input poses 6° off and shifts
     0.7 px off: the rotation error against the true poses (an independent oracle: exact projections made the
-    images) falls below 1°, the shifts are found to a quarter pixel; with a tight prior (0.05°) the poses stay."""
+    images) falls below 1°, the shifts are found to a quarter pixel; with a tight prior (0.05°) the poses stay.
+    Both moves: to the best candidate, and to the candidates' posterior mean (``soft``)."""
     box, n = 24, 6
     true_shift = torch.tensor([[0.7, -0.5]]).expand(n, 2).double()
     batch, true, stats = _search_problem(n, box, 6.0, true_shift, seed=6)
@@ -273,7 +275,7 @@ def test_local_search_recovers_perturbed_poses():
         model = CryoFormerModel(box=box, apix=3.0, zdim=2, pose_prior_deg=prior, **TINY)
         model.set_data_statistics(stats)
         rot, shift, score = model.local_search(vols, batch, batch["rot"].double(), batch["shift"].double(),
-                                               step_deg=4.0, step_px=1.0, levels=5)
+                                               step_deg=4.0, step_px=1.0, levels=5, soft=soft)
         errs[prior] = float(geodesic_distance(rot, true).mean())
         if prior is None:
             assert float((shift - true_shift).abs().max()) < 0.25, shift

@@ -103,7 +103,8 @@ def _one_line_error(res) -> None:
 
 @pytest.mark.parametrize("bad, message", [(["--pose-pretrain-epochs", "-1"], "--pose-pretrain-epochs -1"),
                                           (["--projection", "ray"], "--projection ray"),
-                                          (["--queries", "0"], "--queries 0")])
+                                          (["--queries", "0"], "--queries 0"),
+                                          (["--pose-search-move", "max"], "--pose-search-move max")])
 def test_bad_cryoformer_options_are_refused(cli, data, tmp_path, bad, message):
     res = cli("train-hetero", data["star"], "-o", tmp_path / "out", "-n", "1", "--model", "cryoformer", *bad)
     _one_line_error(res)

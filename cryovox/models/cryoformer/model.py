@@ -23,18 +23,21 @@ Per particle (a batch of :class:`cryovox.data.particles.ParticleDataset`):
   once on the voxel grid, is projected (Fourier slices, :func:`cryovox.core.slicing.project_volume`)
   at a local SO(3) grid around the particle's current pose estimate (:func:`cryovox.core.so3.local_grid`,
   27 rotations at step ``s``) and at the orientation encoder's pose, each combined with the in-plane
-  shifts ``t + s_t·{−1, 0, 1}²``; the candidate with the lowest image loss (no gradients) wins (the
-  map searched is the one at the posterior mean ``z = mu``, also once the loss decodes a sample of
-  ``z``: a sample's map is a noisier estimate of the particle's state), and ``search_levels`` such levels run per batch, each at half the previous step. The step shrinks over
-  the refining epochs, coarse to fine as RELION's local searches: ``s = max(search_deg / 2^k,
-  search_min_deg)`` in the ``k``-th refining epoch (``s_t = search_px · min(1, s / search_deg)``). The winner is kept per
-  particle (buffers ``pose_delta`` and ``pose_dshift``, saved in checkpoints: the next epoch's search
+  shifts ``t + s_t·{−1, 0, 1}²``, scored by the image loss (no gradients). With ``search_mean`` (the
+  default) the pose moves to the candidates' posterior mean (weights ``exp(−score)``, the scores rescaled
+  from the loss's σ², the data's power, to the noise power estimated from the particle's residual at its
+  current pose; the mean rotation projected back onto SO(3)), otherwise to the best candidate. The map
+  searched is the one at the posterior mean ``z = mu``, also once the loss decodes a sample of ``z`` (a
+  sample's map is a noisier estimate of the particle's state). ``search_levels`` such levels run per
+  batch, each at half the previous step. The step shrinks over the refining epochs, coarse to fine as
+  RELION's local searches: ``s = max(search_deg / 2^k, search_min_deg)`` in the ``k``-th refining epoch
+  (``s_t = search_px · min(1, s / search_deg)``). The result is kept per particle (buffers ``pose_delta`` and ``pose_dshift``, saved in checkpoints: the next epoch's search
   starts there, and ``--resume`` continues bit for bit), the training loss is computed at it, and the
   orientation encoder follows it through the pose loss (an amortised pose predictor, as in the paper,
   whose output is one of the candidates). Each particle is seen once per epoch; a gradient step on
   its pose per epoch cannot move it by degrees in a few epochs, a search can. With ``pose_prior_deg``
   the candidates' scores include a Gaussian prior around the input pose (``‖R − R_in‖²_F / 4σ_r² +
-  ‖t − t_in‖² / 2σ_t²`` nats, i.e. ``θ²/2σ_r²`` for a turn by ``θ``: maximum-a-posteriori poses), which
+  ‖t − t_in‖² / 2σ_t²`` nats, i.e. ``θ²/2σ_r²`` for a turn by ``θ``: posterior-mean or maximum-a-posteriori poses), which
   keeps the poses from drifting where the images say little (low SNR);
 * the density field ``σ(x, z)`` (:mod:`.decoder`: hash-grid spatial features, query-based
   deformation transformer, spatial cross-attention, density head) is projected in real space along
@@ -104,7 +107,7 @@ class CryoFormerModel(HeteroModel):
     support: radius (px) of the ball where the density lives (default ``D/2``); decoder:
     ``"transformer"`` or ``"mlp"`` (ablation); deformation: False drops the deformation encoder
     (ablation: one volume for all particles); refine_poses / pose_pretrain_epochs / search_deg /
-    search_min_deg / search_px / search_levels / search_pad / pose_prior_deg / pose_prior_px: pose
+    search_min_deg / search_px / search_levels / search_pad / pose_prior_deg / pose_prior_px / search_mean: pose
     refinement (module docstring; steps and prior widths in degrees and pixels, ``pose_prior_deg=None``:
     no prior; ``search_pad``: oversampling of the search's Fourier slices); n_particles: rows of the
     per-particle pose estimates (set by :meth:`prepare`); projection: ``"voxel"`` or ``"field"``
@@ -129,12 +132,12 @@ class CryoFormerModel(HeteroModel):
                  enc_width: int = 256, enc_layers: int = 3, enc_features: str = "basis", feature_basis: int = 16,
                  enc_radius: float | None = None, radius: float | None = None, support: float | None = None,
                  decoder: str = "transformer",
-                 deformation: bool = True, refine_poses: bool = True, pose_pretrain_epochs: int = 1,
+                 deformation: bool = True, refine_poses: bool = True, pose_pretrain_epochs: int = 6,
                  search_deg: float = 4.0, search_min_deg: float = 0.5, search_px: float = 1.0,
                  search_levels: int = 2, search_pad: int = 2, pose_prior_deg: float | None = 5.0,
                  pose_prior_px: float = 1.0, n_particles: int = 0,
                  projection: str = "voxel", chunk: int = 1 << 20, init_steps: int = 200, init_points: int = 8192,
-                 z_warmup_epochs: int = 3):
+                 z_warmup_epochs: int = 3, search_mean: bool = True):
         super().__init__()
         if zdim < 1:
             raise ValueError("zdim must be >= 1")
@@ -175,7 +178,7 @@ class CryoFormerModel(HeteroModel):
                             pose_prior_px=float(pose_prior_px),
                             chunk=int(chunk),
                             init_steps=int(init_steps), init_points=int(init_points),
-                            z_warmup_epochs=int(z_warmup_epochs))
+                            z_warmup_epochs=int(z_warmup_epochs), search_mean=bool(search_mean))
         self.deformation, self.refine_poses = bool(deformation), bool(refine_poses)
         self.pose_pretrain_epochs = int(pose_pretrain_epochs)
         self.chunk = int(chunk)
@@ -196,6 +199,7 @@ class CryoFormerModel(HeteroModel):
         self.orientation = OrientationEncoder(n_in, box, enc_width, enc_layers) if refine_poses else None
         self.search_deg, self.search_min_deg = float(search_deg), float(search_min_deg)
         self.search_px, self.search_levels, self.search_pad = float(search_px), int(search_levels), int(search_pad)
+        self.search_mean = bool(search_mean)
         # each particle's current pose estimate relative to its input pose (R = pose_delta @ R_in,
         # t = t_in + pose_dshift px); rows: particles of the data set (sized by prepare())
         self.register_buffer("pose_delta", torch.eye(3, dtype=torch.float64).repeat(int(n_particles), 1, 1))
@@ -453,7 +457,7 @@ class CryoFormerModel(HeteroModel):
     @torch.no_grad()
     def local_search(self, vols: Tensor, batch: dict[str, Tensor], rot0: Tensor, t0: Tensor, step_deg: float,
                      step_px: float, levels: int = 1, extra: tuple[Tensor, Tensor] | None = None,
-                     max_moves: int = 2) -> tuple[Tensor, Tensor, Tensor]:
+                     max_moves: int = 2, soft: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """Local pose search of each particle in its own map (module docstring).
 
         vols: ``(B, D, D, D)`` real maps (image units per voxel); batch: the particles (``image``, ``ctf``,
@@ -461,8 +465,10 @@ class CryoFormerModel(HeteroModel):
         ``(B, 3, 3)``, ``(B, 2)`` px; step_deg / step_px: the first level's steps (each further level
         halves them; ``step_px`` 0: shifts kept). A level scores the current pose, the rotations of
         ``local_grid(R, s, 1.5 s)`` (57) and the shifts ``t + s_t·{−1, 0, 1}²`` (all pairs) and moves to
-        the best; while it moves, the level is repeated (at most ``max_moves`` times) before the step is
-        halved, so that a pose can travel further than the steps' sum. extra: one more candidate pose per
+        the best (``soft``: to the posterior mean, module docstring); while it moves (``soft``: by more than
+        ``s/2``), the level is repeated (at most ``max_moves`` times) before the step is halved, so that a
+        pose can travel further than the steps' sum. Scores returned with ``soft`` are ``−log Σ exp(−score)``
+        in the rescaled units. extra: one more candidate pose per
         particle (its rotation), tried at the first level. Returns the best poses (float64) and their scores ``(B,)`` (image loss + prior, nats).
         """
         from cryovox.core.slicing import project_volume, volume_to_fourier
@@ -471,6 +477,7 @@ class CryoFormerModel(HeteroModel):
         y, ctf = batch["image"], batch["ctf"]
         rot_in, t_in = batch["rot"].to(torch.float64), batch["shift"].to(torch.float64)
         inv_var = self._inv_var(y.device, y.real.dtype)
+        w_sum = inv_var.to(torch.float64).sum() * self.noise_var.to(torch.float64)   # Σ w over the loss's samples
         B = vols.shape[0]
         best_rot, best_t = rot0.to(torch.float64).clone(), t0.to(torch.float64).clone()
         best = torch.full((B,), math.inf, dtype=torch.float64, device=vols.device)
@@ -489,7 +496,29 @@ class CryoFormerModel(HeteroModel):
                 img = project_volume(V, cand.to(V.real.dtype), pad=self.search_pad) * ctf[b]      # (K, D, D/2+1)
                 ramp = phase_ramp_2d((t_in[b] - ts).to(img.real.dtype), self.box, half=True)   # (S, D, D/2+1)
                 score = gaussian_nll(img[:, None] * ramp[None], y[b], inv_var).to(torch.float64)   # (K, S)
+                if soft:
+                    # σ² of the loss is the data's power (signal + noise); the posterior over the candidates
+                    # needs the noise's: estimated from this particle's residual at its current pose
+                    # (nll = ½ Σ w |Y − Ŷ|² / σ², so the residual power per sample over σ² is 2·nll / Σ w)
+                    if level == 0 and moves == 0:
+                        ratio = float((2 * score[0, grid2.shape[0] // 2 if step_px > 0 else 0] / w_sum).clamp(1e-3, 1.0))
+                    score = score / ratio
                 score = score + self.pose_prior_nats(cand[:, None], ts[None], rot_in[b], t_in[b])
+                if soft:                # the posterior mean pose of the candidates (weights exp(−score))
+                    w = torch.softmax(-score.reshape(-1), 0).reshape(score.shape)
+                    u, _, vt = torch.linalg.svd((w.sum(1)[:, None, None] * cand).sum(0))
+                    d = torch.ones(3, dtype=u.dtype, device=u.device)
+                    d[-1] = torch.sign(torch.linalg.det(u @ vt))
+                    new_rot = u @ torch.diag(d) @ vt
+                    turn = float(torch.arccos(((torch.trace(new_rot @ best_rot[b].T) - 1) / 2).clamp(-1, 1)))
+                    best_rot[b] = new_rot
+                    best_t[b] = (w.sum(0)[:, None] * ts).sum(0)
+                    best[b] = -torch.logsumexp(-score.reshape(-1), 0)
+                    if math.degrees(turn) > 0.5 * s and moves < max_moves:    # still travelling: same step again
+                        moves += 1
+                    else:
+                        level, moves = level + 1, 0
+                    continue
                 j = int(score.reshape(-1).argmin())
                 k, m = divmod(j, score.shape[1])
                 moved = bool(score[k, m] < best[b]) and not math.isinf(float(best[b]))
@@ -540,7 +569,7 @@ class CryoFormerModel(HeteroModel):
                 rot0, t0 = self.current_poses(batch)
                 step, step_px = self.search_steps()
                 rot, shift, _ = self.local_search(search_vols, batch, rot0, t0, step, step_px, self.search_levels,
-                                                  extra=(R_hat.detach(), t_hat.detach()))
+                                                  extra=(R_hat.detach(), t_hat.detach()), soft=self.search_mean)
                 if self.training and self.pose_delta.shape[0] > 0:
                     idx = batch["index"].to(self.pose_delta.device)
                     with torch.no_grad():
