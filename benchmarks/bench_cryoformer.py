@@ -148,6 +148,20 @@ def finished_run(out: Path, star: Path, epochs: int, model: str, options: dict, 
     return [float(s["seconds"]) for s in states], [float(s["loss"][0]) for s in states]
 
 
+def search_model(ds, batches, args):
+    """A minimal cryoformer used only for its pose search (``local_search``) with the bench's search settings
+    and the noise level of ``batches`` (the network is never evaluated)."""
+    from cryovox.models.cryoformer import CryoFormerModel
+    from cryovox.models.hetero.loss import data_spectra
+
+    model = CryoFormerModel(box=ds.box, apix=ds.apix, zdim=2, channels=8, n_queries=4, blocks=1, heads=2,
+                            n_tokens=2, levels=2, log2_table=8, enc_width=16, enc_layers=1, init_steps=0,
+                            pose_pretrain_epochs=args.pose_pretrain_epochs, search_deg=args.search_deg,
+                            pose_prior_deg=args.pose_prior if args.pose_prior > 0 else None)
+    model.set_data_statistics(data_spectra(batches, ds.box, model.radius))
+    return model
+
+
 def oracle_search(star: Path, states: np.ndarray, truth: list[np.ndarray], args) -> np.ndarray:
     """The cryoformer's local pose search with each particle's true map in place of its decoded map, with
     the schedule of a training run (one search per refining epoch, steps halving from ``--search-deg``).
@@ -158,18 +172,13 @@ def oracle_search(star: Path, states: np.ndarray, truth: list[np.ndarray], args)
     from cryovox.core.slicing import project_volume, volume_to_fourier
     from cryovox.data.particles import ParticleDataset
     from cryovox.io.particles import read_particles
-    from cryovox.models.cryoformer import CryoFormerModel
-    from cryovox.models.hetero.loss import data_spectra, pixel_shells
+    from cryovox.models.hetero.loss import pixel_shells
 
     table = read_particles(star)
     ds = ParticleDataset(table, window=0.85, preload=True)
     batches = [ds.__getitems__(list(range(s, min(len(ds), s + 64)))) for s in range(0, len(ds), 64)]
-    model = CryoFormerModel(box=ds.box, apix=ds.apix, zdim=2, channels=8, n_queries=4, blocks=1, heads=2,
-                            n_tokens=2, levels=2, log2_table=8, enc_width=16, enc_layers=1, init_steps=0,
-                            pose_pretrain_epochs=args.pose_pretrain_epochs, search_deg=args.search_deg,
-                            pose_prior_deg=args.pose_prior if args.pose_prior > 0 else None)
+    model = search_model(ds, batches, args)
     model.set_particle_count(len(ds))
-    model.set_data_statistics(data_spectra(batches, ds.box, model.radius))
     maps = torch.from_numpy(np.stack(truth)).float()
     _, w = pixel_shells(ds.box, model.radius)
     num = den = 0.0
@@ -208,8 +217,6 @@ def classical_refinement(star: Path, states: np.ndarray | None, args, work: Path
 
     from cryovox.data.particles import ParticleDataset
     from cryovox.io.particles import read_particles, write_star
-    from cryovox.models.cryoformer import CryoFormerModel
-    from cryovox.models.hetero.loss import data_spectra
     from cryovox.pipelines.reconstruct import reconstruct
 
     gt = np.load(work / "sim" / "ground_truth.npz")
@@ -235,10 +242,7 @@ def classical_refinement(star: Path, states: np.ndarray | None, args, work: Path
         ds = ParticleDataset(read_particles(cur), window=0.85, preload=True)
         batches = [ds.__getitems__(list(range(i, min(len(ds), i + 64)))) for i in range(0, len(ds), 64)]
         if model is None:
-            model = CryoFormerModel(box=ds.box, apix=ds.apix, zdim=2, channels=8, n_queries=4, blocks=1, heads=2,
-                                    n_tokens=2, levels=2, log2_table=8, enc_width=16, enc_layers=1, init_steps=0,
-                                    pose_prior_deg=args.pose_prior if args.pose_prior > 0 else None)
-            model.set_data_statistics(data_spectra(batches, ds.box, model.radius))
+            model = search_model(ds, batches, args)
         new_rot, new_shift = [], []
         for b in batches:
             idx = b["index"].numpy()

@@ -88,3 +88,12 @@ def geodesic_distance(R1: Tensor, R2: Tensor) -> Tensor:
     """Angle in degrees of ``R1ᵀ R2`` (..., broadcast)."""
     tr = (R1.transpose(-1, -2) @ R2).diagonal(dim1=-2, dim2=-1).sum(-1)
     return torch.rad2deg(torch.arccos(((tr - 1) / 2).clamp(-1.0, 1.0)))
+
+
+def project_to_so3(M: Tensor) -> Tensor:
+    """The rotation nearest to each matrix ``(..., 3, 3)`` in the Frobenius norm (``U diag(1, 1, ±1) Vᵀ`` of its
+    SVD, the sign making the determinant +1): e.g. the mean of rotations, averaged as matrices."""
+    u, _, vt = torch.linalg.svd(M)
+    d = torch.ones(M.shape[:-1], dtype=M.dtype, device=M.device)
+    d[..., -1] = torch.sign(torch.linalg.det(u @ vt))
+    return (u * d[..., None, :]) @ vt

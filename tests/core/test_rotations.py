@@ -11,7 +11,7 @@ from scipy import stats
 from scipy.spatial.transform import Rotation
 
 from cryovox.core.rotations import (euler_to_matrix, geodesic_distance, matrix_to_euler, quaternion_to_matrix,
-                                    random_rotations, rotvec_to_matrix)
+                                    project_to_so3, random_rotations, rotvec_to_matrix)
 
 
 def relion_matrix(rot, tilt, psi):
@@ -80,3 +80,20 @@ def test_random_rotations_are_haar_uniform():
     a = random_rotations(5, torch.Generator().manual_seed(7))
     torch.testing.assert_close(a, random_rotations(5, torch.Generator().manual_seed(7)))
     assert random_rotations(3, dtype=torch.float32).dtype == torch.float32
+
+
+def test_project_to_so3_returns_the_nearest_rotation():
+    """A rotation is its own projection; a scaled, slightly perturbed rotation projects back near it; a reflection
+    (det −1) projects onto a proper rotation; the mean of two rotations about one axis is the half-way turn."""
+    g = torch.Generator().manual_seed(3)
+    R = random_rotations(5, generator=g)
+    assert torch.allclose(project_to_so3(R), R, atol=1e-12)
+    noisy = 2.0 * R + 1e-3 * torch.randn(5, 3, 3, generator=g, dtype=torch.float64)
+    P = project_to_so3(noisy)
+    assert torch.allclose(P.transpose(-1, -2) @ P, torch.eye(3, dtype=torch.float64).expand(5, 3, 3), atol=1e-12)
+    assert float(geodesic_distance(P, R).max()) < 0.1
+    assert torch.allclose(torch.linalg.det(project_to_so3(-R)), torch.ones(5, dtype=torch.float64))
+    a, b = rotvec_to_matrix(torch.tensor([[0.0, 0.0, 0.2]], dtype=torch.float64)), \
+        rotvec_to_matrix(torch.tensor([[0.0, 0.0, 0.6]], dtype=torch.float64))
+    mid = rotvec_to_matrix(torch.tensor([[0.0, 0.0, 0.4]], dtype=torch.float64))
+    assert torch.allclose(project_to_so3((a + b) / 2), mid, atol=1e-12)

@@ -31,13 +31,14 @@ Per particle (a batch of :class:`cryovox.data.particles.ParticleDataset`):
   sample's map is a noisier estimate of the particle's state). ``search_levels`` such levels run per
   batch, each at half the previous step. The step shrinks over the refining epochs, coarse to fine as
   RELION's local searches: ``s = max(search_deg / 2^k, search_min_deg)`` in the ``k``-th refining epoch
-  (``s_t = search_px · min(1, s / search_deg)``). The result is kept per particle (buffers ``pose_delta`` and ``pose_dshift``, saved in checkpoints: the next epoch's search
-  starts there, and ``--resume`` continues bit for bit), the training loss is computed at it, and the
+  (``s_t = search_px · min(1, s / search_deg)``). The result is kept per particle (buffers ``pose_delta``
+  and ``pose_dshift``, saved in checkpoints: the next epoch's search starts there, and ``--resume``
+  continues bit for bit), the training loss is computed at it, and the
   orientation encoder follows it through the pose loss (an amortised pose predictor, as in the paper,
   whose output is one of the candidates). Each particle is seen once per epoch; a gradient step on
   its pose per epoch cannot move it by degrees in a few epochs, a search can. With ``pose_prior_deg``
   the candidates' scores include a Gaussian prior around the input pose (``‖R − R_in‖²_F / 4σ_r² +
-  ‖t − t_in‖² / 2σ_t²`` nats, i.e. ``θ²/2σ_r²`` for a turn by ``θ``: posterior-mean or maximum-a-posteriori poses), which
+  ‖t − t_in‖² / 2σ_t²`` nats, i.e. ``θ²/2σ_r²`` for a turn by ``θ``: posterior-mean or MAP poses), which
   keeps the poses from drifting where the images say little (low SNR);
 * the density field ``σ(x, z)`` (:mod:`.decoder`: hash-grid spatial features, query-based
   deformation transformer, spatial cross-attention, density head) is projected in real space along
@@ -71,6 +72,7 @@ import torch
 from torch import Tensor, nn
 
 from cryovox.core.fft import phase_ramp_2d, rfftn_c
+from cryovox.core.rotations import geodesic_distance, project_to_so3
 from cryovox.models import HeteroModel, LossTerms
 from cryovox.models.cryoformer import render
 from cryovox.models.cryoformer.decoder import MLPDecoder, QueryDecoder, SpatialFeatures
@@ -107,8 +109,9 @@ class CryoFormerModel(HeteroModel):
     support: radius (px) of the ball where the density lives (default ``D/2``); decoder:
     ``"transformer"`` or ``"mlp"`` (ablation); deformation: False drops the deformation encoder
     (ablation: one volume for all particles); refine_poses / pose_pretrain_epochs / search_deg /
-    search_min_deg / search_px / search_levels / search_pad / pose_prior_deg / pose_prior_px / search_mean: pose
-    refinement (module docstring; steps and prior widths in degrees and pixels, ``pose_prior_deg=None``:
+    search_min_deg / search_px / search_levels / search_pad / pose_prior_deg / pose_prior_px /
+    search_mean: pose refinement (module docstring; steps and prior widths in degrees and pixels,
+    ``pose_prior_deg=None``:
     no prior; ``search_pad``: oversampling of the search's Fourier slices); n_particles: rows of the
     per-particle pose estimates (set by :meth:`prepare`); projection: ``"voxel"`` or ``"field"``
     (:mod:`.render`); chunk: (particle × point) evaluations per rendering chunk (the memory bound; a
@@ -247,9 +250,8 @@ class CryoFormerModel(HeteroModel):
             hit = count > 0
             if bool(hit.any()):
                 mean = parts[hit, :9].reshape(-1, 3, 3) / count[hit, None, None]
-                u, _, vt = torch.linalg.svd(mean)
                 with torch.no_grad():
-                    self.pose_delta[hit] = u @ vt
+                    self.pose_delta[hit] = project_to_so3(mean)
                     self.pose_dshift[hit] = parts[hit, 9:11] / count[hit, None]
         with torch.no_grad():
             self.pose_seen.zero_()
@@ -470,8 +472,8 @@ class CryoFormerModel(HeteroModel):
         the best (``soft``: to the posterior mean, module docstring); while it moves (``soft``: by more than
         ``s/2``), the level is repeated (at most ``max_moves`` times) before the step is halved, so that a
         pose can travel further than the steps' sum. Scores returned with ``soft`` are ``−log Σ exp(−score)``
-        in the rescaled units. extra: one more candidate pose per
-        particle (its rotation), tried at the first level. Returns the best poses (float64) and their scores ``(B,)`` (image loss + prior, nats).
+        in the rescaled units. extra: one more candidate pose per particle (its rotation), tried at the
+        first level. Returns the best poses (float64) and their scores ``(B,)`` (image loss + prior, nats).
         """
         from cryovox.core.slicing import project_volume, volume_to_fourier
         from cryovox.core.so3 import local_grid
@@ -503,20 +505,18 @@ class CryoFormerModel(HeteroModel):
                     # needs the noise's: estimated from this particle's residual at its current pose
                     # (nll = ½ Σ w |Y − Ŷ|² / σ², so the residual power per sample over σ² is 2·nll / Σ w)
                     if level == 0 and moves == 0:
-                        ratio = float((2 * score[0, grid2.shape[0] // 2 if step_px > 0 else 0] / w_sum).clamp(1e-3, 1.0))
+                        here = score[0, grid2.shape[0] // 2 if step_px > 0 else 0]          # the current pose
+                        ratio = float((2 * here / w_sum).clamp(1e-3, 1.0))
                     score = score / ratio
                 score = score + self.pose_prior_nats(cand[:, None], ts[None], rot_in[b], t_in[b])
                 if soft:                # the posterior mean pose of the candidates (weights exp(−score))
                     w = torch.softmax(-score.reshape(-1), 0).reshape(score.shape)
-                    u, _, vt = torch.linalg.svd((w.sum(1)[:, None, None] * cand).sum(0))
-                    d = torch.ones(3, dtype=u.dtype, device=u.device)
-                    d[-1] = torch.sign(torch.linalg.det(u @ vt))
-                    new_rot = u @ torch.diag(d) @ vt
-                    turn = float(torch.arccos(((torch.trace(new_rot @ best_rot[b].T) - 1) / 2).clamp(-1, 1)))
+                    new_rot = project_to_so3((w.sum(1)[:, None, None] * cand).sum(0))
+                    turn = float(geodesic_distance(new_rot, best_rot[b]))
                     best_rot[b] = new_rot
                     best_t[b] = (w.sum(0)[:, None] * ts).sum(0)
                     best[b] = -torch.logsumexp(-score.reshape(-1), 0)
-                    if math.degrees(turn) > 0.5 * s and moves < max_moves:    # still travelling: same step again
+                    if turn > 0.5 * s and moves < max_moves:    # still travelling: same step again
                         moves += 1
                     else:
                         level, moves = level + 1, 0
